@@ -1,0 +1,137 @@
+"""Audio decoding and preparation: mono float32 at a target rate, crop / pad, normalise.
+
+Decoding uses libsndfile (soundfile), which recognises the container from the file's
+header, so AIFF data behind a ``.wav`` name and other corpus quirks decode correctly.
+Resampling uses soxr (high quality).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from emobridge.errors import AudioError
+
+DEFAULT_SAMPLE_RATE_HZ = 16_000
+#: Peak amplitude below which a file counts as silent.
+SILENCE_PEAK = 1e-5
+
+
+def load_audio(
+    path: str | os.PathLike[str],
+    sample_rate_hz: int | None = DEFAULT_SAMPLE_RATE_HZ,
+    *,
+    allow_silent: bool = False,
+) -> np.ndarray:
+    """Load ``path`` as a mono float32 waveform at ``sample_rate_hz``.
+
+    Channels are averaged. ``sample_rate_hz=None`` keeps the file's rate. Raises
+    :class:`AudioError` naming the file when it cannot be decoded, holds no samples, or
+    (unless ``allow_silent``) is silent.
+    """
+    path = Path(path)
+    try:
+        wave, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"{path}: cannot decode audio ({exc})") from None
+    return prepare_waveform(wave, file_rate, sample_rate_hz, source=str(path),
+                            allow_silent=allow_silent)
+
+
+def prepare_waveform(
+    wave: np.ndarray,
+    sample_rate_hz: int,
+    target_rate_hz: int | None = DEFAULT_SAMPLE_RATE_HZ,
+    *,
+    source: str = "waveform",
+    allow_silent: bool = False,
+) -> np.ndarray:
+    """Turn an array (samples, or samples x channels) into mono float32 at ``target_rate_hz``."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
+    elif wave.ndim != 1:
+        raise AudioError(f"{source}: expected 1-D or 2-D audio, got shape {wave.shape}")
+    if wave.size == 0:
+        raise AudioError(f"{source}: audio is empty (0 samples)")
+    if not np.all(np.isfinite(wave)):
+        raise AudioError(f"{source}: audio contains NaN or infinite samples")
+    if not allow_silent and float(np.max(np.abs(wave))) < SILENCE_PEAK:
+        raise AudioError(f"{source}: audio is silent (peak < {SILENCE_PEAK:g})")
+    if target_rate_hz is not None and sample_rate_hz != target_rate_hz:
+        if sample_rate_hz <= 0:
+            raise AudioError(f"{source}: invalid sample rate {sample_rate_hz}")
+        wave = soxr.resample(wave, sample_rate_hz, target_rate_hz, quality="HQ").astype(np.float32)
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def audio_info(path: str | os.PathLike[str]) -> tuple[float, int]:
+    """Return ``(duration_s, sample_rate_hz)`` from the header, without decoding samples."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"{path}: cannot read audio header ({exc})") from None
+    if info.frames <= 0:
+        raise AudioError(f"{path}: audio is empty (0 samples)")
+    return info.frames / info.samplerate, int(info.samplerate)
+
+
+def crop_or_pad(
+    wave: np.ndarray,
+    n_samples: int,
+    mode: Literal["centre", "random", "start"] = "centre",
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Crop or zero-pad ``wave`` to exactly ``n_samples``.
+
+    Longer input is cropped at the centre, at a random offset (``rng`` required for
+    reproducibility) or from the start; shorter input is zero-padded at the end.
+    """
+    if n_samples <= 0:
+        raise ValueError(f"n_samples must be positive, got {n_samples}")
+    n = wave.shape[-1]
+    if n == n_samples:
+        return wave
+    if n < n_samples:
+        pad = [(0, 0)] * (wave.ndim - 1) + [(0, n_samples - n)]
+        return np.pad(wave, pad)
+    if mode == "centre":
+        start = (n - n_samples) // 2
+    elif mode == "random":
+        if rng is None:
+            raise ValueError("mode='random' needs an rng (numpy Generator) for reproducibility")
+        start = int(rng.integers(0, n - n_samples + 1))
+    elif mode == "start":
+        start = 0
+    else:
+        raise ValueError(f"mode must be 'centre', 'random' or 'start', got {mode!r}")
+    return wave[..., start : start + n_samples]
+
+
+def normalise(wave: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """Per-utterance mean-variance normalisation (zero mean, unit variance)."""
+    wave = wave.astype(np.float32, copy=False)
+    return ((wave - wave.mean()) / (wave.std() + eps)).astype(np.float32)
+
+
+def file_hash(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
+    """BLAKE2b-128 hex digest of a file's bytes: the audio's identity in the feature store."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def waveform_hash(wave: np.ndarray, sample_rate_hz: int) -> str:
+    """Digest of an in-memory waveform (for audio that never was a file)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(sample_rate_hz).encode())
+    h.update(np.ascontiguousarray(wave, dtype=np.float32).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,180 @@
+"""The corpus-reader contract and the scan that turns a folder into a manifest.
+
+A reader knows one corpus's published layout: which files are utterances and how a file's
+path encodes speaker, label and gender. :meth:`CorpusReader.scan` walks the folder, asks the
+reader to parse every audio file, reads each header for duration and sample rate, and
+returns a manifest plus a list of :class:`ScanProblem` for every file that could not be
+used: nothing is dropped silently. Files whose extension is not audio (``.txt``, ``.DS_Store``)
+are not utterances; they are counted in :attr:`ScanResult.n_ignored`.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import pandas as pd
+from tqdm import tqdm
+
+from emobridge.audio import audio_info
+from emobridge.corpora.manifest import make_manifest
+from emobridge.errors import AudioError, CorpusError, LabelError
+
+#: Extensions treated as audio. libsndfile decides the real format from the header.
+AUDIO_EXTENSIONS: frozenset[str] = frozenset(
+    {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".aifc", ".au", ".snd", ".mp3",
+     ".opus", ".caf", ".w64", ".rf64", ".sph", ".nist"}
+)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """What a reader learns about one file from its path (and side files)."""
+
+    speaker: str
+    label: str
+    emotion: str
+    gender: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScanProblem:
+    """A file that is not in the manifest, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    """A scan's manifest, problems and count of ignored non-audio files."""
+
+    manifest: pd.DataFrame
+    problems: list[ScanProblem]
+    n_ignored: int = 0
+
+    def problems_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([p.__dict__ for p in self.problems], columns=["path", "reason"])
+
+
+class CorpusReader(ABC):
+    """Base class: subclasses set ``name``, ``language`` and implement :meth:`parse`.
+
+    Parameters
+    ----------
+    root:
+        The corpus folder as published (or as the user keeps it).
+    """
+
+    #: Registry name (``emobridge corpora scan NAME``).
+    name: ClassVar[str]
+    #: ISO 639 code of the corpus language.
+    language: ClassVar[str]
+    #: One line for ``emobridge corpora list``.
+    description: ClassVar[str] = ""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def candidates(self) -> Iterator[Path]:
+        """All files under the root (sorted), audio or not. Override to narrow the walk."""
+        if not self.root.is_dir():
+            raise CorpusError(f"{self.name}: corpus folder {self.root} does not exist")
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for f in sorted(filenames):
+                yield Path(dirpath) / f
+
+    @abstractmethod
+    def parse(self, path: Path) -> Utterance:
+        """Speaker, label, canonical emotion and gender of one audio file.
+
+        Raise :class:`LabelError` or :class:`CorpusError` with the reason when the file name
+        does not follow the corpus's convention.
+        """
+
+    def language_of(self, path: Path, utt: Utterance) -> str:
+        """Language of an utterance; multilingual corpora override this."""
+        return self.language
+
+    def speaker_id(self, raw: str) -> str:
+        """Namespace a corpus-local speaker id so corpora never share a speaker by accident."""
+        return f"{self.name}:{raw}"
+
+    def scan(self, strict: bool = False, progress: bool = False) -> ScanResult:
+        """Walk the corpus and build its manifest.
+
+        ``strict=True`` raises on the first problem instead of collecting it.
+        """
+        rows: list[dict] = []
+        problems: list[ScanProblem] = []
+        n_ignored = 0
+        files: Iterable[Path] = self.candidates()
+        if progress:
+            files = tqdm(list(files), desc=f"scan {self.name}", unit="file")
+        for path in files:
+            if path.suffix.lower() not in AUDIO_EXTENSIONS or path.name.startswith("._"):
+                n_ignored += 1
+                continue
+            try:
+                utt = self.parse(path)
+                duration_s, rate = audio_info(path)
+            except (LabelError, CorpusError, AudioError) as exc:
+                if strict:
+                    raise
+                problems.append(ScanProblem(str(path), str(exc)))
+                continue
+            rows.append({
+                "path": str(path),
+                "corpus": self.name,
+                "language": self.language_of(path, utt),
+                "speaker": self.speaker_id(utt.speaker),
+                "gender": utt.gender,
+                "label": utt.label,
+                "emotion": utt.emotion,
+                "duration_s": duration_s,
+                "sample_rate": rate,
+                **utt.extra,
+            })
+        return ScanResult(make_manifest(rows), problems, n_ignored)
+
+
+_REGISTRY: dict[str, type[CorpusReader]] = {}
+
+
+def register(cls: type[CorpusReader]) -> type[CorpusReader]:
+    """Class decorator adding a reader to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"corpus reader {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_readers() -> dict[str, type[CorpusReader]]:
+    """Registered readers by name."""
+    from emobridge.corpora import readers  # noqa: F401  (registers the built-in readers)
+
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_reader(name: str) -> type[CorpusReader]:
+    """The reader class for ``name``; raises :class:`CorpusError` listing known names."""
+    readers = available_readers()
+    if name not in readers:
+        raise CorpusError(f"unknown corpus reader {name!r}; known: {', '.join(readers)}")
+    return readers[name]
+
+
+def label_from_code(code: str, codes: dict[str, str], corpus: str, path: Path) -> str:
+    """Look up a label code; raise :class:`LabelError` naming file and code when unknown."""
+    try:
+        return codes[code]
+    except KeyError:
+        raise LabelError(
+            f"{path.name}: unknown {corpus} emotion code {code!r} (known: {', '.join(codes)})"
+        ) from None

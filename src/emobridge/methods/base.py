@@ -1,0 +1,114 @@
+"""The adaptation-method contract shared by every method, the runner and the reports.
+
+A method is a scikit-learn-like estimator: every parameter in ``__init__`` (stored under the
+same name, no other work there), learned state in attributes ending in ``_`` set by
+:meth:`AdaptationMethod.fit`. Every method takes the same ``fit`` arguments, so experiments
+and reports never special-case one; a method that does not use some input ignores it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from emobridge.methods.data import EmotionData
+
+
+class AdaptationMethod(ABC):
+    """Base class of source -> target adaptation methods."""
+
+    #: Registry name (``source_only``, ``nnpm``...).
+    name: ClassVar[str]
+
+    @abstractmethod
+    def fit(
+        self,
+        source: EmotionData,
+        target_unlabelled: EmotionData | None = None,
+        target_labelled: EmotionData | None = None,
+        validation: EmotionData | None = None,
+    ) -> AdaptationMethod:
+        """Train.
+
+        Parameters
+        ----------
+        source:
+            Labelled source-language data.
+        target_unlabelled:
+            Target-language data whose labels the method must not read (their labels are
+            :data:`~emobridge.methods.data.UNLABELLED`).
+        target_labelled:
+            Optional few labelled target utterances (few-shot) or, for the supervised upper
+            bound, all labelled target training data.
+        validation:
+            Optional labelled data for early stopping and model selection.
+        """
+
+    @abstractmethod
+    def predict_proba(self, data: EmotionData) -> np.ndarray:
+        """Class probabilities, shape ``(len(data), n_classes)``, rows summing to 1."""
+
+    def predict(self, data: EmotionData) -> np.ndarray:
+        """Most probable class index per utterance."""
+        return np.asarray(self.predict_proba(data)).argmax(axis=1)
+
+    @abstractmethod
+    def embed(self, data: EmotionData) -> np.ndarray:
+        """The representation the classifier sees, ``(len(data), d)``, for plots."""
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"
+                and sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters (as scikit-learn's ``get_params``)."""
+        return {k: getattr(self, k) for k in self.param_names()}
+
+    def set_params(self, **params: Any) -> AdaptationMethod:
+        valid = set(self.param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"{self.name}: unknown parameter {key!r}; valid: {sorted(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+_METHODS: dict[str, type[AdaptationMethod]] = {}
+
+
+def register_method(cls: type[AdaptationMethod]) -> type[AdaptationMethod]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if cls.name in _METHODS:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> dict[str, type[AdaptationMethod]]:
+    """Registered methods by name (importing :mod:`emobridge.methods` registers built-ins)."""
+    import emobridge.methods  # noqa: F401
+
+    return dict(sorted(_METHODS.items()))
+
+
+def build_method(name: str, **params: Any) -> AdaptationMethod:
+    """Instantiate a registered method; unknown names and parameters raise ``ValueError``."""
+    methods = available_methods()
+    if name not in methods:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(methods)}")
+    cls = methods[name]
+    unknown = set(params) - set(cls.param_names())
+    if unknown:
+        raise ValueError(
+            f"method {name!r}: unknown parameters {sorted(unknown)}; valid: {cls.param_names()}"
+        )
+    return cls(**params)

@@ -1,0 +1,47 @@
+"""Shared fixtures: every test makes its own small audio; nothing reads ../shared or the net."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+# Keep tests light on the 2-core CI machine and deterministic.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def voiced_tone(duration_s: float = 1.0, f0_hz: float = 150.0, sample_rate_hz: int = 16_000,
+                seed: int = 0) -> np.ndarray:
+    """A short harmonic tone with a little noise: enough structure for features to differ."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(duration_s * sample_rate_hz)) / sample_rate_hz
+    wave = sum(np.sin(2 * np.pi * f0_hz * k * t) / k for k in range(1, 6))
+    wave = 0.3 * wave / np.max(np.abs(wave)) + 0.01 * rng.standard_normal(t.size)
+    return wave.astype(np.float32)
+
+
+def write_tone(path: Path, duration_s: float = 0.5, f0_hz: float = 150.0,
+               sample_rate_hz: int = 16_000, channels: int = 1, seed: int = 0,
+               fmt: str | None = None) -> Path:
+    """Write a tone to ``path`` (format from the suffix unless ``fmt`` is given)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wave = voiced_tone(duration_s, f0_hz, sample_rate_hz, seed)
+    if channels > 1:
+        wave = np.stack([wave] * channels, axis=1)
+    sf.write(str(path), wave, sample_rate_hz, format=fmt)
+    return path
+
+
+@pytest.fixture
+def tone_file(tmp_path: Path):
+    """Factory fixture: ``tone_file("a/b.wav", duration_s=..., f0_hz=...)`` -> Path."""
+
+    def make(relative: str, **kwargs) -> Path:
+        return write_tone(tmp_path / relative, **kwargs)
+
+    return make
