@@ -1,0 +1,81 @@
+"""Extractor registry and spec parsing.
+
+A spec is either a dict ``{"name": "logmel", "params": {...}}`` or a string
+``"logmel"`` / ``"logmel:preset=byols,n_mels=80"`` (values parsed as JSON where possible,
+so ``layer=-1``, ``layers=[4,5]`` and ``normalise=true`` work).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from emobridge.errors import FeatureError
+from emobridge.features.base import Extractor
+
+_EXTRACTORS: dict[str, type[Extractor]] = {}
+
+
+def register_extractor(cls: type[Extractor]) -> type[Extractor]:
+    """Class decorator adding an extractor under ``cls.name``."""
+    if cls.name in _EXTRACTORS:
+        raise ValueError(f"extractor {cls.name!r} registered twice")
+    _EXTRACTORS[cls.name] = cls
+    return cls
+
+
+def available_extractors() -> dict[str, type[Extractor]]:
+    """Registered extractor classes by name (importing the built-ins first)."""
+    import emobridge.features.extractors  # noqa: F401
+
+    return dict(sorted(_EXTRACTORS.items()))
+
+
+def parse_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Split a spec into ``(name, params)``."""
+    if isinstance(spec, dict):
+        if "name" not in spec:
+            raise FeatureError(f"extractor spec {spec!r} has no 'name'")
+        extra = set(spec) - {"name", "params"}
+        if extra:
+            raise FeatureError(f"extractor spec: unknown keys {sorted(extra)}")
+        return str(spec["name"]), dict(spec.get("params") or {})
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in _split_top_level(rest):
+        if "=" not in item:
+            raise FeatureError(f"extractor spec {spec!r}: expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return name.strip(), params
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside brackets (so ``layers=[1,2]`` stays whole)."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{("
+        depth -= ch in "]})"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    if current.strip():
+        parts.append(current)
+    return [p for p in (p.strip() for p in parts) if p]
+
+
+def build_extractor(spec: str | dict[str, Any]) -> Extractor:
+    """Instantiate an extractor from a spec; unknown names or parameters raise FeatureError."""
+    name, params = parse_spec(spec)
+    extractors = available_extractors()
+    if name not in extractors:
+        raise FeatureError(f"unknown extractor {name!r}; known: {', '.join(extractors)}")
+    try:
+        return extractors[name](**params)
+    except TypeError as exc:
+        raise FeatureError(f"extractor {name!r}: bad parameters {params}: {exc}") from None
