@@ -5,14 +5,19 @@ path encodes speaker, label and gender. :meth:`CorpusReader.scan` walks the fold
 reader to parse every audio file, reads each header for duration and sample rate, and
 returns a manifest plus a list of :class:`ScanProblem` for every file that could not be
 used: nothing is dropped silently. Files whose extension is not audio (``.txt``, ``.DS_Store``)
-are not utterances; they are counted in :attr:`ScanResult.n_ignored`.
+are not utterances; they are counted in :attr:`ScanResult.n_ignored`. Audio files that a
+reader's options exclude on purpose (RAVDESS songs with ``include_song=False``) raise
+:class:`SkipFile` from :meth:`CorpusReader.parse`; they are counted per reason in
+:attr:`ScanResult.skipped`.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -22,7 +27,7 @@ from tqdm import tqdm
 
 from emobridge.audio import audio_info
 from emobridge.corpora.manifest import make_manifest
-from emobridge.errors import AudioError, CorpusError, LabelError
+from emobridge.errors import AudioError, ConfigError, CorpusError, LabelError
 
 #: Extensions treated as audio. libsndfile decides the real format from the header.
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
@@ -50,13 +55,26 @@ class ScanProblem:
     reason: str
 
 
+class SkipFile(Exception):
+    """Raised by :meth:`CorpusReader.parse` for an audio file the reader's options exclude.
+
+    The message is the reason; :meth:`CorpusReader.scan` counts skipped files per reason.
+    """
+
+
 @dataclass
 class ScanResult:
-    """A scan's manifest, problems and count of ignored non-audio files."""
+    """A scan's manifest, problems, count of ignored non-audio files and skips by option."""
 
     manifest: pd.DataFrame
     problems: list[ScanProblem]
     n_ignored: int = 0
+    #: Reason -> number of audio files excluded on purpose by a reader option.
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
 
     def problems_frame(self) -> pd.DataFrame:
         return pd.DataFrame([p.__dict__ for p in self.problems], columns=["path", "reason"])
@@ -114,6 +132,7 @@ class CorpusReader(ABC):
         rows: list[dict] = []
         problems: list[ScanProblem] = []
         n_ignored = 0
+        skipped: Counter[str] = Counter()
         files: Iterable[Path] = self.candidates()
         if progress:
             files = tqdm(list(files), desc=f"scan {self.name}", unit="file")
@@ -124,6 +143,9 @@ class CorpusReader(ABC):
             try:
                 utt = self.parse(path)
                 duration_s, rate = audio_info(path)
+            except SkipFile as exc:
+                skipped[str(exc)] += 1
+                continue
             except (LabelError, CorpusError, AudioError) as exc:
                 if strict:
                     raise
@@ -141,7 +163,7 @@ class CorpusReader(ABC):
                 "sample_rate": rate,
                 **utt.extra,
             })
-        return ScanResult(make_manifest(rows), problems, n_ignored)
+        return ScanResult(make_manifest(rows), problems, n_ignored, dict(skipped))
 
 
 _REGISTRY: dict[str, type[CorpusReader]] = {}
@@ -168,6 +190,32 @@ def get_reader(name: str) -> type[CorpusReader]:
     if name not in readers:
         raise CorpusError(f"unknown corpus reader {name!r}; known: {', '.join(readers)}")
     return readers[name]
+
+
+def reader_options(cls: type[CorpusReader]) -> dict[str, object]:
+    """A reader's keyword options (``__init__`` parameters after ``root``) and their defaults.
+
+    Required options map to :data:`inspect.Parameter.empty`.
+    """
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, root
+    return {p.name: p.default for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def create_reader(name: str, root: str | os.PathLike[str],
+                  options: Mapping[str, object] | None = None) -> CorpusReader:
+    """Instantiate reader ``name`` on ``root`` with keyword ``options``.
+
+    Raises :class:`ConfigError` naming an unknown option and listing the accepted ones.
+    """
+    cls = get_reader(name)
+    options = dict(options or {})
+    accepted = reader_options(cls)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        known = ", ".join(accepted) or "none"
+        raise ConfigError(f"{name}: unknown reader option(s) {unknown}; accepted: {known}")
+    return cls(root, **options)
 
 
 def label_from_code(code: str, codes: dict[str, str], corpus: str, path: Path) -> str:

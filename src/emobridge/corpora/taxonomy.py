@@ -68,7 +68,8 @@ def canonical_emotion(label: str) -> str:
     key = SYNONYMS.get(key, key)
     if key not in CANONICAL_EMOTIONS:
         raise LabelError(
-            f"unknown emotion label {label!r}; canonical emotions are {', '.join(CANONICAL_EMOTIONS)}"
+            f"unknown emotion label {label!r}; "
+            f"canonical emotions are {', '.join(CANONICAL_EMOTIONS)}"
         )
     return key
 

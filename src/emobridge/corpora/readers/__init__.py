@@ -1,3 +1,25 @@
-"""Built-in corpus readers; importing this package registers them all."""
+"""Built-in corpus readers; importing this package registers them all.
 
-from emobridge.corpora.readers import emodb  # noqa: F401
+One module per corpus layout (each module's docstring documents that corpus's published
+file naming), plus two generic readers: ``folder`` (one sub-folder per emotion) and ``table``
+(a CSV/TSV listing).
+"""
+
+from emobridge.corpora.readers import (  # noqa: F401
+    aesdd,
+    cafe,
+    cremad,
+    emodb,
+    emovo,
+    esd,
+    folder,
+    iemocap,
+    ravdess,
+    savee,
+    shemo,
+    subesco,
+    table,
+    tess,
+    turevdb,
+    urdu,
+)

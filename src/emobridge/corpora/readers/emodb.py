@@ -1,7 +1,13 @@
 """EMO-DB (Berlin Database of Emotional Speech, Burkhardt et al. 2005), German.
 
-File names ``SSTTTEV.wav``: chars 0-1 speaker (03..16), 2-4 text code, 5 emotion letter
-(German initial), 6 version. Speaker genders are published in the corpus documentation.
+Ten actors (5 female, 5 male), ten sentences, seven emotions. Audio in ``wav/`` (the release's
+``labels/``, ``lablaut/``, ``silb/`` folders hold no audio and are counted as ignored). File
+names ``SSTTTEV.wav``: chars 0-1 speaker (03, 08-16), 2-4 text code (``a01``...``b10``),
+5 emotion letter (German initial: ``W`` Wut/anger, ``L`` Langeweile/boredom, ``E`` Ekel/disgust,
+``A`` Angst/fear, ``F`` Freude/happiness, ``T`` Trauer/sadness, ``N`` neutral), 6 version
+letter. Speaker genders are published in the corpus documentation.
+
+Extra manifest column: ``text`` (the sentence code).
 """
 
 from __future__ import annotations
