@@ -23,6 +23,9 @@ app = typer.Typer(
 #: (module in emobridge.commands, group name or None for top-level commands)
 _COMMAND_MODULES: list[tuple[str, str | None]] = [
     ("corpora", "corpora"),
+    ("train", None),
+    ("features", "features"),
+    ("run", None),
 ]
 
 

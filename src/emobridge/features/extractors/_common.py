@@ -1,0 +1,46 @@
+"""Small helpers shared by the built-in extractors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import soxr
+
+from emobridge.errors import FeatureError
+
+
+def as_mono_float32(wave: np.ndarray, sample_rate_hz: int, target_rate_hz: int,
+                    name: str) -> np.ndarray:
+    """Return ``wave`` as 1-D float32 at ``target_rate_hz`` (resampled with soxr HQ if needed).
+
+    The feature store already hands over audio at the extractor's rate; this makes direct
+    calls with another rate correct instead of silently wrong.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise FeatureError(f"{name}: expected a 1-D mono waveform, got shape {wave.shape}")
+    if wave.size == 0:
+        raise FeatureError(f"{name}: waveform is empty (0 samples)")
+    if sample_rate_hz <= 0:
+        raise FeatureError(f"{name}: invalid sample rate {sample_rate_hz}")
+    if sample_rate_hz != target_rate_hz:
+        wave = soxr.resample(wave, sample_rate_hz, target_rate_hz, quality="HQ")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def check_choice(name: str, param: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise FeatureError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise FeatureError(f"{name}: {param} must be one of {list(choices)}, got {value!r}")
+
+
+def resolve_device(name: str, device: str) -> str:
+    """Validate a torch device string; ``cuda`` without a GPU is a clear error."""
+    import torch
+
+    if not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda"):
+        raise FeatureError(f"{name}: device must be 'cpu' or 'cuda', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FeatureError(f"{name}: device {device!r} requested but CUDA is not available")
+    return device

@@ -1,0 +1,123 @@
+"""``emobridge train`` end to end: generated audio -> manifests -> feature store -> metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emobridge.cli import main
+from emobridge.corpora.manifest import make_manifest, write_manifest
+from emobridge.features import FeatureStore
+from emobridge.methods import build_method
+from emobridge.methods.neural import NeuralMethod
+from emobridge.methods.runner import load_experiment_data
+from tests.conftest import write_tone
+
+torch.set_num_threads(1)
+
+EXTRACTOR = "logmel:preset=byols,n_mels=16,n_fft=512,win_length_samples=400," \
+            "hop_length_samples=320"
+# Emotion -> pitch: trivially separable by the spectrum whatever the "language".
+PITCH_HZ = {"anger": 320.0, "happiness": 240.0, "neutral": 120.0, "sadness": 170.0}
+TINY = ["epochs=25", "lr=0.01", "batch_size=8", "backbone=attention",
+        'backbone_params={"hidden_dim": 16, "attention_dim": 8, "dropout": 0.0}']
+
+
+def _corpus(root: Path, corpus: str, language: str, n_speakers: int = 5) -> Path:
+    rows = []
+    for s in range(n_speakers):
+        gender = "f" if s % 2 else "m"
+        for emotion, f0 in PITCH_HZ.items():
+            for k in range(2):
+                path = root / corpus / f"s{s}_{emotion}_{k}.wav"
+                seed = hash((corpus, s, emotion, k)) % 2**31
+                write_tone(path, duration_s=0.3, f0_hz=f0 * (1 + 0.03 * s), seed=seed)
+                rows.append({"path": str(path), "corpus": corpus, "language": language,
+                             "speaker": f"{corpus}:{s}", "gender": gender, "label": emotion,
+                             "emotion": emotion, "duration_s": 0.3, "sample_rate": 16000})
+    manifest = make_manifest(rows)
+    written = write_manifest(manifest, root / f"{corpus}.csv")
+    return Path(written[0]) if isinstance(written, list) else root / f"{corpus}.csv"
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_train")
+    src = _corpus(root, "srccorp", "de")
+    tgt = _corpus(root, "tgtcorp", "it")
+    store = FeatureStore(root / "store")
+    for manifest in (src, tgt):
+        store.extract(manifest, EXTRACTOR, progress=False)
+    return root, src, tgt
+
+
+def _args(root, src, tgt, out, *extra):
+    args = ["train", "--source", str(src), "--target", str(tgt), "--store",
+            str(root / "store"), "--extractor", EXTRACTOR, "--out", str(out), "--seed", "1",
+            "--device", "cpu"]
+    for p in TINY:
+        args += ["--param", p]
+    return args + list(extra)
+
+
+def test_train_writes_metrics_config_predictions_and_model(experiment):
+    root, src, tgt = experiment
+    out = root / "run_dann"
+    assert main(_args(root, src, tgt, out, "--method", "dann", "--param",
+                      "domain_weight=0.5")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert metrics["method"] == "dann" and metrics["test"]["ua"] > 0.9
+    assert len(metrics["history"]) <= 25 and metrics["best_epoch"] >= 1
+    assert config["params"]["domain_weight"] == 0.5 and config["params"]["seed"] == 1
+    assert config["environment"]["emobridge"]
+    speakers = config["data"]
+    test_spk = set(speakers["test"]["speakers"])
+    assert test_spk and not test_spk & set(speakers["target_unlabelled"]["speakers"])
+    assert not test_spk & set(speakers["validation"]["speakers"])
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == metrics["test"]["n"]
+    assert {r["speaker"] for r in rows} == test_spk
+    assert len(list(csv.DictReader((out / "history.csv").open()))) == len(metrics["history"])
+    # The saved model reproduces the written predictions.
+    model = NeuralMethod.load(out / "model", device="cpu")
+    data = load_experiment_data(src, tgt, root / "store", EXTRACTOR, seed=1)
+    proba = model.predict_proba(data.test)
+    np.testing.assert_allclose(proba[:, 0], [float(r["p_anger"]) for r in rows], atol=1e-5)
+
+
+def test_same_seed_same_metrics_and_supervised_gets_target_labels(experiment):
+    root, src, tgt = experiment
+    outs = [root / "so_a", root / "so_b"]
+    for out in outs:
+        assert main(_args(root, src, tgt, out, "--method", "source_only")) == 0
+    a, b = (json.loads((o / "metrics.json").read_text()) for o in outs)
+    assert a["test"] == b["test"]
+    out = root / "sup"
+    assert main(_args(root, src, tgt, out, "--method", "supervised")) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["target_labelled"]["utterances"] == \
+        config["data"]["target_unlabelled"]["utterances"] > 0
+
+
+def test_few_shot_and_errors(experiment, capsys):
+    root, src, tgt = experiment
+    data = load_experiment_data(src, tgt, root / "store", EXTRACTOR, seed=0,
+                                target_labelled_k=4, validation="source")
+    assert len(data.target_labelled) == 4 and data.target_labelled.is_labelled
+    assert set(data.validation.languages) == {"de"}  # held-out source speakers
+    assert not set(data.validation.speakers) & set(data.source.speakers)
+    method = build_method("source_only", epochs=1, device="cpu", backbone="attention")
+    assert method.fit(data.source).predict(data.test).shape == (len(data.test),)
+
+    assert main(_args(root, src, tgt, root / "bad", "--method", "nope")) == 1
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(_args(root, src, tgt, root / "bad", "--param", "epochz=3")) == 1
+    assert "unknown parameters ['epochz']" in capsys.readouterr().err
+    assert main(_args(root, src, tgt, root / "bad", "--extractor", "logmel:n_mels=40")) == 1
+    assert "no stored features" in capsys.readouterr().err
