@@ -25,8 +25,8 @@ BARS: dict[tuple[str, str], tuple[float, float, float]] = {
 }
 
 
-def load_manifest(corpora: Path, name: str, label_set: str = "4class",
-                  limit: int | None = None) -> pd.DataFrame:
+def load_manifest(corpora: Path, name: str, limit: int | None = None,
+                  label_set: str = "4class") -> pd.DataFrame:
     """Scan ``corpora/name`` with its reader and map it to ``label_set``.
 
     ``limit`` keeps a class-stratified subset (seed 0) for smoke runs.

@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import extract_features, load_manifest, write_section
+
 HERE = Path(__file__).resolve().parent
-MARK_START = "<!-- adaptation:start -->"
-MARK_END = "<!-- adaptation:end -->"
 
 FEATURES = {
     "logmel": "logmel:preset=nnpm,fixed_duration_s=null",
@@ -92,41 +92,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- data
-
-def load_manifest(corpora: Path, name: str, limit: int | None):
-    from emobridge.corpora import LabelSet, get_reader
-
-    folder = corpora / name
-    if not folder.is_dir():
-        raise SystemExit(f"no corpus folder {folder}")
-    scan = get_reader(name)(folder).scan()
-    manifest, _ = LabelSet.named("4class").apply(scan.manifest)
-    if limit is not None and limit < len(manifest):
-        # Class-stratified, fixed subset (seed 0), spread over speakers by the shuffle.
-        rng = np.random.default_rng(0)
-        per_class = max(1, limit // manifest["emotion"].nunique())
-        keep = []
-        for _, rows in manifest.groupby("emotion", sort=True):
-            idx = rows.index.to_numpy()
-            keep.extend(rng.permutation(idx)[:per_class])
-        manifest = manifest.loc[sorted(keep)].reset_index(drop=True)
-    return manifest
-
-
-def extract_features(store_root: Path, manifests: dict, spec: str, threads: int) -> dict:
-    import pandas as pd
-
-    from emobridge.features.registry import build_extractor
-    from emobridge.features.store import FeatureStore
-
-    store = FeatureStore(store_root)
-    ext = build_extractor(spec)
-    everything = pd.concat(list(manifests.values()), ignore_index=True)
-    t0 = time.perf_counter()
-    report = store.extract(everything, ext, workers=threads, progress=True)
-    print(f"  {spec}: {report.summary()} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {name: store.load(m, ext) for name, m in manifests.items()}
-
 
 # ----------------------------------------------------------------------------- runs
 
@@ -340,20 +305,6 @@ def _best_prediction(runs: list[dict]) -> str:
     return ("NNPM prediction mode: " + "; ".join(out) + ".") if out else ""
 
 
-def write_section(path: Path, body: str) -> None:
-    from emobridge.fileio import write_text_atomic
-
-    block = f"{MARK_START}\n{body}{MARK_END}\n"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n\n"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        _, tail = rest.split(MARK_END, 1)
-        text = head + block + tail.lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    write_text_atomic(path, text)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.command = " ".join([".venv/bin/python", "benchmarks/bench_adaptation.py",
@@ -369,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     body = render(runs, args, total)
     print(body)
     if args.limit is None or args.write:
-        write_section(args.results, body)
+        write_section("adaptation", body, args.results)
         print(f"wrote the adaptation section of {args.results}")
 
 

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
-    p.add_argument("--store", type=Path, default=HERE / "out" / "store")
+    p.add_argument("--store", type=Path, default=HERE.parent / "cache" / "features")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     t0 = time.perf_counter()

@@ -53,18 +53,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from _common import write_section
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPORA = REPO / ".." / "shared" / "corpora"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 OUT_CSV = REPO / "benchmarks" / "out" / "semi_supervised.csv"
-START, END = "<!-- semi:start -->", "<!-- semi:end -->"
 LANGUAGE_NAMES = {"ravdess": "English", "emodb": "German", "emovo": "Italian"}
 
 #: Bars to clear: frozen Whisper-base mean + logistic regression, whole corpus -> whole corpus
@@ -274,18 +274,6 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def write_section(text: str, results: Path = RESULTS) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, atomically."""
-    from emobridge.fileio import write_text_atomic
-
-    old = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
-    block = f"{START}\n{text}\n{END}"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
-    new = pattern.sub(lambda _: block, old) if pattern.search(old) else \
-        old.rstrip("\n") + "\n\n" + block + "\n"
-    write_text_atomic(results, new)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpora", nargs="?", type=Path, default=DEFAULT_CORPORA,
@@ -300,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--normalise", default="per_corpus",
                         choices=["global", "per_corpus", "per_speaker", "none"])
     parser.add_argument("--extractor", default="whisper:pooling=mean")
-    parser.add_argument("--store", type=Path, default=REPO / "stores" / "features",
+    parser.add_argument("--store", type=Path, default=REPO / "cache" / "features",
                         help="feature store (cached features are reused)")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads for audio decoding and feature extraction")
@@ -341,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_write:
         with atomic_path(args.csv) as tmp:
             results.to_csv(tmp, index=False)
-        write_section(text, args.results)
+        write_section("semi", text, args.results)
         print(f"wrote {args.results} and {args.csv}")
 
 

@@ -351,9 +351,11 @@ class LogMel(Extractor):
             spec = torch.stft(x, self.n_fft, hop_length=self.hop_length_samples,
                               win_length=self.win_length_samples, window=window, center=False,
                               return_complex=True)
-            mag = spec.real.square() + spec.imag.square()
+            parts = torch.view_as_real(spec)
+            mag = parts[..., 0].square()  # |z|^2 without extra full-size temporaries
+            mag.addcmul_(parts[..., 1], parts[..., 1])
             if self.power == 1.0:
-                mag = mag.sqrt()
+                mag.sqrt_()
             logmel = torch.log(torch.matmul(fb, mag) + self.log_offset)  # (B, mels, T)
             logmel = logmel.transpose(1, 2).contiguous().cpu().numpy()
             floor = float(torch.log(torch.zeros(1) + self.log_offset))  # what zeros give
