@@ -21,16 +21,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from _common import write_section
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO / ".." / "shared" / "corpora" / "emodb"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-START, END = "<!-- features:start -->", "<!-- features:end -->"
 
 BASE_SPECS = [
     "logmel:preset=nnpm",
@@ -134,20 +134,6 @@ def render(rows: list[dict], corpus: Path, threads: int, batch_size: int, repeat
     return "\n".join(lines)
 
 
-def write_section(text: str, results: Path = RESULTS) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, atomically."""
-    from emobridge.fileio import write_text_atomic
-
-    old = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
-    block = f"{START}\n{text}\n{END}"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: block, old)
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    write_text_atomic(results, new)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", nargs="?", type=Path, default=DEFAULT_CORPUS,
@@ -195,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     text = render(rows, args.corpus, args.threads, args.batch_size, args.repeats)
     print(text)
     if not args.no_write:
-        write_section(text, args.results)
+        write_section("features", text, args.results)
         print(f"wrote {args.results}")
 
 

@@ -1,9 +1,9 @@
 """Whisper base encoder: throughput (x real time) and agreement of the CTranslate2 and torch routes.
 
 Reads EMO-DB FLAC files (``--corpora``, default ``../shared/corpora``), runs the offline
-Whisper base through several extractor settings and prints a markdown report (``--out`` also
-writes it). Settings are timed in interleaved rounds and the fastest round counts, so load
-from other processes on a shared machine hurts every setting alike. Example::
+Whisper base through several extractor settings, prints a markdown report and writes it to
+the ``whisper`` section of RESULTS.md. Settings are timed in interleaved rounds and the
+fastest round counts, so load from other processes on a shared machine hurts every setting alike. Example::
 
     .venv/bin/python benchmarks/whisper_throughput.py --n-files 100 --threads 2
 """
@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from _common import RESULTS, write_section
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -35,7 +37,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved timed passes per setting; the fastest counts")
     parser.add_argument("--skip-30s", action="store_true", help="skip the 30-s-window settings")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -172,10 +175,9 @@ def main() -> None:
     lines += [f"| {label} | {m:.5f} | {lo:.5f} |" for label, (m, lo) in pairs]
     report = "\n".join(lines) + "\n"
     print(report)
-    if args.out:
-        from emobridge.fileio import write_text_atomic
-
-        write_text_atomic(args.out, report)
+    if not args.no_write:
+        write_section("whisper", "## Whisper base: throughput and CT2 / torch agreement "
+                      "(`benchmarks/whisper_throughput.py`)\n\n" + report, args.results)
 
 
 if __name__ == "__main__":

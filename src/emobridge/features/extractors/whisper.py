@@ -29,7 +29,7 @@ utterances sorted by length, padded to the longest of each batch, and masks the 
 and convolution inputs), so a batched result equals the per-utterance one. CTranslate2 has no
 mask, so it batches only windows of identical length (always the case with ``"30s"``) and
 runs the others one by one: padding them changes the features (per-frame cosine down to 0.95
-against the unpadded result) and, on a 2-core CPU, was not faster anyway.
+against the unpadded result) and gave no consistent speed-up on a shared 2-core CPU.
 
 Frames come at 50 Hz (20 ms); ``pooling="none"`` returns ``(frames, dims)`` with
 ``ceil(samples / 320)`` frames (the utterance's real length, no padding frames).
