@@ -3,7 +3,8 @@
 Reads EMO-DB FLAC files (``--corpora``, default ``../shared/corpora``), runs the offline
 Whisper base through several extractor settings, prints a markdown report and writes it to
 the ``whisper`` section of RESULTS.md. Settings are timed in interleaved rounds and the
-fastest round counts, so load from other processes on a shared machine hurts every setting alike. Example::
+fastest round counts, so load from other processes on a shared machine hurts every setting
+alike. Example::
 
     .venv/bin/python benchmarks/whisper_throughput.py --n-files 100 --threads 2
 """
