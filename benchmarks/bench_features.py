@@ -41,7 +41,7 @@ BASE_SPECS = [
     "opensmile:feature_set=ComParE_2016",
 ]
 #: Whisper specs benchmarked when the whisper extractor builds (written in parallel).
-WHISPER_SPECS = ["whisper:backend=ct2"]
+WHISPER_SPECS = ["whisper:backend=ct2", "whisper:backend=torch"]
 
 
 def default_specs() -> list[str]:
