@@ -49,7 +49,7 @@ from _common import extract_features, load_manifest, write_section
 HERE = Path(__file__).resolve().parent
 
 FEATURES = {
-    "logmel": "logmel:preset=nnpm,fixed_duration_s=null",
+    "logmel": "logmel:preset=nnpm,fixed_duration_s=null,trim_db=35,level=rms",
     "whisper": "whisper:model=base,backend=ct2,pooling=none",
 }
 FEATURE_TITLES = {"logmel": "SNSA over log-mel", "whisper": "attention head over Whisper-base"}

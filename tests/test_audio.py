@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emobridge.audio import crop_or_pad, file_hash, load_audio, normalise
+from emobridge.audio import (
+    crop_or_pad,
+    file_hash,
+    frame_energy_db,
+    load_audio,
+    normalise,
+    normalise_level,
+    trim_silence,
+)
 from emobridge.errors import AudioError
 from tests.conftest import write_tone
 
@@ -58,3 +66,43 @@ def test_normalise_and_hash(tmp_path: Path) -> None:
     b = write_tone(tmp_path / "b.wav", seed=1)
     c = write_tone(tmp_path / "c.wav", seed=2)
     assert file_hash(a) == file_hash(b) != file_hash(c)
+
+
+def test_frame_energy_db_of_a_known_signal() -> None:
+    wave = np.concatenate([np.zeros(400), np.full(400, 0.1)])
+    db = frame_energy_db(wave, 200, 100)
+    assert db.shape == (7,)
+    assert db[0] < -150  # digital silence
+    np.testing.assert_allclose(db[4:], 20 * np.log10(0.1), atol=1e-6)  # -20 dB
+    np.testing.assert_allclose(db[3], 10 * np.log10(0.5 * 0.01), atol=1e-6)  # half inside
+
+
+def test_trim_silence_cuts_only_the_ends() -> None:
+    rng = np.random.default_rng(0)
+    sr = 16_000
+    speech = (0.3 * np.sin(2 * np.pi * 200 * np.arange(sr // 2) / sr)).astype(np.float32)
+    quiet = (1e-4 * rng.standard_normal(sr // 2)).astype(np.float32)  # -80 dB re speech
+    wave = np.concatenate([quiet, speech, quiet, speech, quiet])
+    out = trim_silence(wave, sr, top_db=35)
+    # the inner pause stays; the outer ones go (to within one 25-ms frame at each end)
+    assert 3 * sr // 2 <= out.size <= 3 * sr // 2 + 2 * 0.025 * sr
+    edge = int(0.03 * sr)  # one frame plus a hop: speech is reached within it at both ends
+    assert np.abs(out[:edge]).max() > 0.1 and np.abs(out[-edge:]).max() > 0.1
+    # a threshold wider than the dynamic range keeps everything
+    assert trim_silence(wave, sr, top_db=120).size == wave.size
+    np.testing.assert_array_equal(trim_silence(speech, sr), speech)
+    with pytest.raises(ValueError, match="top_db"):
+        trim_silence(wave, sr, top_db=0)
+
+
+def test_normalise_level_removes_the_gain() -> None:
+    wave = np.sin(np.linspace(0, 100, 8000)).astype(np.float32)
+    for gain in (0.01, 1.0, 5.0):
+        rms = normalise_level(gain * wave, "rms")
+        assert np.sqrt(np.mean(rms.astype(np.float64) ** 2)) == pytest.approx(0.1, rel=1e-4)
+        peak = normalise_level(gain * wave, "peak", target_dbfs=0.0)
+        assert np.abs(peak).max() == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_array_equal(normalise_level(wave, "none"), wave)
+    assert np.all(normalise_level(np.zeros(10, np.float32), "rms") == 0)  # no NaN on silence
+    with pytest.raises(ValueError, match="level mode"):
+        normalise_level(wave, "loud")  # type: ignore[arg-type]

@@ -158,6 +158,32 @@ def test_image_form() -> None:
     assert rect.shape == (3, 32, 48)
 
 
+def test_trim_and_level_make_features_gain_and_silence_invariant() -> None:
+    tone = voiced_tone(1.0)
+    padded = np.concatenate([np.zeros(8000, np.float32), tone, np.zeros(16000, np.float32)])
+    plain = LogMel(fixed_duration_s=None)
+    robust = LogMel(fixed_duration_s=None, trim_db=35, level="rms")
+    # plain log-mel shifts by 2 ln(gain) with the recording level ...
+    full = plain.extract(tone, 16_000)
+    shift = plain.extract(0.1 * tone, 16_000) - full
+    strong = full > np.log(1e-2)  # bins well above the log offset's floor
+    assert np.median(shift[strong]) == pytest.approx(2 * np.log(0.1), abs=0.05)
+    # ... the level-normalised one does not, and the silence around the tone is cut
+    a = robust.extract(tone, 16_000)
+    b = robust.extract(0.1 * padded, 16_000)
+    assert abs(len(b) - len(a)) <= 3 and len(b) < 0.5 * len(plain.extract(padded, 16_000))
+    # trimming keeps up to a frame of silence at each end and moves the frame grid, so
+    # compare the median spectra
+    med_a, med_b = np.median(a, axis=0), np.median(b, axis=0)
+    strong_a = med_a > np.log(1e-2)
+    assert strong_a.sum() > 10
+    assert np.median(np.abs(med_b - med_a)[strong_a]) < 0.1  # vs 4.6 without `level`
+    # the options enter the id only when switched on (old feature stores stay valid)
+    assert "trim_db" not in plain.params() and "level" not in plain.params()
+    assert robust.id != plain.id
+    assert build_extractor(robust.spec()).id == robust.id
+
+
 @pytest.mark.parametrize("spec", [
     "logmel:preset=unknown",
     "logmel:win_length_samples=1024,n_fft=512",
@@ -167,6 +193,9 @@ def test_image_form() -> None:
     "logmel:f_max_hz=12000",
     "logmel:fixed_duration_s=-1",
     "logmel:bogus=1",
+    "logmel:level=loud",
+    "logmel:trim_db=0",
+    "logmel:trim_db=-5",
 ])
 def test_bad_parameters_raise(spec: str) -> None:
     with pytest.raises(FeatureError):

@@ -1,4 +1,5 @@
-"""Audio decoding and preparation: mono float32 at a target rate, crop / pad, normalise.
+"""Audio decoding and preparation: mono float32 at a target rate, crop / pad, silence trimming,
+level normalisation.
 
 Decoding uses libsndfile (soundfile), which recognises the container from the file's
 header, so AIFF data behind a ``.wav`` name and other corpus quirks decode correctly.
@@ -118,6 +119,78 @@ def normalise(wave: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     """Per-utterance mean-variance normalisation (zero mean, unit variance)."""
     wave = wave.astype(np.float32, copy=False)
     return ((wave - wave.mean()) / (wave.std() + eps)).astype(np.float32)
+
+
+def frame_energy_db(wave: np.ndarray, frame_length_samples: int, hop_length_samples: int
+                    ) -> np.ndarray:
+    """Mean power of each frame in dB (``10 log10``), frames of ``frame_length_samples`` every
+    ``hop_length_samples`` (the last frame may be partial; a waveform shorter than one frame is
+    one frame)."""
+    if frame_length_samples <= 0 or hop_length_samples <= 0:
+        raise ValueError(f"frame and hop lengths must be positive, got {frame_length_samples}, "
+                         f"{hop_length_samples}")
+    wave = np.asarray(wave, dtype=np.float64)
+    n_frames = max(1, 1 + int(np.ceil((wave.size - frame_length_samples) / hop_length_samples)))
+    power = np.square(wave)
+    # Cumulative sum gives every frame's energy in O(n) without a strided copy.
+    csum = np.concatenate([[0.0], np.cumsum(power)])
+    starts = np.arange(n_frames) * hop_length_samples
+    ends = np.minimum(starts + frame_length_samples, wave.size)
+    mean_power = (csum[ends] - csum[starts]) / np.maximum(ends - starts, 1)
+    return 10.0 * np.log10(np.maximum(mean_power, 1e-20))
+
+
+def trim_silence(
+    wave: np.ndarray,
+    sample_rate_hz: int,
+    top_db: float = 35.0,
+    frame_length_s: float = 0.025,
+    hop_length_s: float = 0.010,
+) -> np.ndarray:
+    """Cut leading and trailing frames more than ``top_db`` dB below the loudest frame.
+
+    Only the ends are cut (pauses inside the utterance stay), like ``librosa.effects.trim``
+    but with speech-sized frames (25 ms every 10 ms) and a tighter default threshold:
+    acted-emotion corpora differ a lot in how much silence surrounds each utterance (RAVDESS
+    about half of every file, EMO-DB little), and frame-level models otherwise learn the
+    silence share. A waveform whose frames are all within ``top_db`` comes back unchanged.
+    """
+    if not top_db > 0:
+        raise ValueError(f"top_db must be > 0, got {top_db}")
+    frame = max(1, int(round(frame_length_s * sample_rate_hz)))
+    hop = max(1, int(round(hop_length_s * sample_rate_hz)))
+    energy = frame_energy_db(wave, frame, hop)
+    loud = np.flatnonzero(energy > energy.max() - top_db)
+    start = int(loud[0]) * hop
+    end = min(wave.shape[-1], int(loud[-1]) * hop + frame)
+    return wave[..., start:end]
+
+
+LevelMode = Literal["none", "rms", "peak"]
+
+
+def normalise_level(wave: np.ndarray, mode: LevelMode = "rms", target_dbfs: float = -20.0,
+                    eps: float = 1e-8) -> np.ndarray:
+    """Scale ``wave`` so its RMS (``mode="rms"``) or peak (``"peak"``) is ``target_dbfs`` dB
+    re full scale (``"none"``: unchanged).
+
+    Corpora are post-processed differently: EMO-DB files are each peak-normalised, RAVDESS
+    and EMOVO keep the recording level. A model trained on one learns "loud = angry" from
+    level differences that another corpus does not have (in EMO-DB, peak normalisation makes
+    sad speech 3 dB *louder* in RMS than angry speech). Normalising the level of every
+    utterance removes that shortcut; spectral shape and temporal dynamics stay.
+    """
+    if mode == "none":
+        return wave
+    wave = np.asarray(wave, dtype=np.float32)
+    if mode == "rms":
+        level = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
+    elif mode == "peak":
+        level = float(np.max(np.abs(wave))) if wave.size else 0.0
+    else:
+        raise ValueError(f"level mode must be 'none', 'rms' or 'peak', got {mode!r}")
+    gain = 10.0 ** (target_dbfs / 20.0) / max(level, eps)
+    return (wave * gain).astype(np.float32)
 
 
 def file_hash(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:

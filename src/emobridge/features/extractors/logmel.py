@@ -32,6 +32,16 @@ short to reflect), so a waveform of ``n`` samples gives ``1 + n // hop`` frames.
 zero-padded after that per-waveform padding, so batched and single extraction agree (to
 float32 rounding of the matrix product).
 
+Cross-corpus options (off in both presets, which follow the papers): ``trim_db`` cuts leading
+and trailing silence (:func:`emobridge.audio.trim_silence`) and ``level="rms"`` scales every
+utterance to the same RMS (:func:`emobridge.audio.normalise_level`) before the STFT (and
+before ``fixed_duration_s``). Both matter across corpora: EMO-DB files are peak-normalised
+while RAVDESS keeps the recording level (angry RAVDESS speech is 16 dB louder than sad
+speech; in EMO-DB sad speech is 3 dB louder than angry), and RAVDESS files are about half
+silence. An SNSA trained on raw RAVDESS log-mel learns loudness and scores below chance on
+EMO-DB; see ``benchmarks/RESULTS.md``. ``benchmarks/bench_adaptation.py`` uses
+``trim_db=35,level=rms``.
+
 Output: ``(frames, n_mels)`` float32. With ``image_size`` set, the image form for ImageNet
 CNNs (the VGG16 of Baklouti et al.): the log-mel as an image (mel bins as rows, low
 frequencies at the bottom), min-max scaled to [0, 1] per utterance, resized bilinearly to
@@ -48,7 +58,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from emobridge.audio import crop_or_pad
+from emobridge.audio import crop_or_pad, normalise_level, trim_silence
 from emobridge.errors import FeatureError
 from emobridge.features.base import Extractor
 from emobridge.features.extractors._common import as_mono_float32, check_choice, resolve_device
@@ -77,6 +87,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "log_offset": 1e-6,
         "normalise": "none",
         "image_size": None,
+        "trim_db": None,
+        "level": "none",
     },
     "byols": {
         "sample_rate_hz": 16_000,
@@ -96,8 +108,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "log_offset": float(np.finfo(np.float32).eps),
         "normalise": "utterance",
         "image_size": None,
+        "trim_db": None,
+        "level": "none",
     },
 }
+#: Waveform preparation options that enter :meth:`LogMel.params` (and so the feature id) only
+#: when switched on: feature stores written before they existed stay valid.
+_OFF_BY_DEFAULT = {"trim_db": None, "level": "none"}
 
 _UNSET: Any = object()
 #: Utterances per STFT call inside :meth:`LogMel.extract_batch` (bounds memory).
@@ -195,6 +212,13 @@ class LogMel(Extractor):
         (mean / std per mel band over the frames).
     image_size:
         ``None`` for ``(frames, n_mels)``; an int or ``[H, W]`` for the 3-channel image form.
+    trim_db:
+        Cut leading / trailing audio more than this many dB below the loudest 25-ms frame
+        (:func:`~emobridge.audio.trim_silence`); ``None`` keeps it.
+    level:
+        ``"none"``, ``"rms"`` or ``"peak"``: scale each waveform to -20 dBFS RMS / peak
+        (:func:`~emobridge.audio.normalise_level`, after trimming) so the features do not
+        depend on the recording level.
     device:
         ``"cpu"`` or ``"cuda"``; where the STFT runs (not part of :attr:`id`).
     """
@@ -222,6 +246,8 @@ class LogMel(Extractor):
         log_offset: float = _UNSET,
         normalise: str = _UNSET,
         image_size: int | Sequence[int] | None = _UNSET,
+        trim_db: float | None = _UNSET,
+        level: str = _UNSET,
         device: str = "cpu",
     ) -> None:
         args = dict(locals())
@@ -259,6 +285,13 @@ class LogMel(Extractor):
         check_choice("logmel", "mel_norm", self.mel_norm, ("slaney", None))
         check_choice("logmel", "power", float(self.power), (1.0, 2.0))
         check_choice("logmel", "normalise", self.normalise, ("none", "utterance", "bin"))
+        check_choice("logmel", "level", self.level, ("none", "rms", "peak"))
+        if self.trim_db is not None:
+            if isinstance(self.trim_db, bool) or not isinstance(
+                    self.trim_db, int | float | np.integer | np.floating) or not self.trim_db > 0:
+                raise FeatureError(f"logmel: trim_db must be a positive number of dB or null, "
+                                   f"got {self.trim_db!r}")
+            self.trim_db = float(self.trim_db)
         self.power = float(self.power)
         self.f_min_hz = float(self.f_min_hz)
         self.f_max_hz = None if self.f_max_hz is None else float(self.f_max_hz)
@@ -285,7 +318,8 @@ class LogMel(Extractor):
 
     def params(self) -> dict[str, Any]:
         """The resolved settings (preset plus overrides): equal settings give equal ids."""
-        return {key: getattr(self, key) for key in PRESETS["nnpm"]}
+        return {key: getattr(self, key) for key in PRESETS["nnpm"]
+                if not (key in _OFF_BY_DEFAULT and getattr(self, key) == _OFF_BY_DEFAULT[key])}
 
     def extract(self, wave: np.ndarray, sample_rate_hz: int) -> np.ndarray:
         return self.extract_batch([wave], sample_rate_hz)[0]
@@ -306,6 +340,9 @@ class LogMel(Extractor):
     def _prepare(self, wave: np.ndarray, sample_rate_hz: int) -> tuple[np.ndarray, int]:
         """STFT input (padded, trailing zeros trimmed) and the number of output frames."""
         wave = as_mono_float32(wave, sample_rate_hz, self.sample_rate_hz, "logmel")
+        if self.trim_db is not None:
+            wave = trim_silence(wave, self.sample_rate_hz, self.trim_db)
+        wave = normalise_level(wave, self.level)
         n_signal = wave.size
         if self.fixed_duration_s is not None:
             n = int(round(float(self.fixed_duration_s) * self.sample_rate_hz))
