@@ -1,7 +1,8 @@
 """Unsupervised cross-lingual adaptation: RAVDESS (en) -> EMO-DB (de) and -> EMOVO (it), 4 classes.
 
-Methods: ``source_only``, ``dann``, ``nnpm`` and its ablations ``snsa_f``, ``wo_sl``, ``wo_hl``
-(the NNPM variants are scored with both the classifier head and the memory vote), on SNSA
+Methods: ``source_only``, ``dann``, ``nnpm`` and its ablations ``snsa_f``, ``wo_sl``, ``wo_hl``,
+plus the control ``no_target_loss`` (NNPM's adaptation phase with ``target_weight=0``) (the NNPM
+variants are scored with both the classifier head and the memory vote), on SNSA
 over log-mel and on an attention head over frozen Whisper-base frames, several seeds each.
 Writes UA / WA (mean +- std over seeds) to the ``adaptation`` section of
 ``benchmarks/RESULTS.md`` (between ``<!-- adaptation:start -->`` and
@@ -14,15 +15,23 @@ Target audio is given unlabelled to the adaptation and is also the test set; tar
 are read only for scoring. No hyper-parameter was tuned on target labels: NNPM uses the paper's
 values (gamma 0.9, lambda 0.01, beta 0 -> 0.4, Adam 1e-4, batch 32) except the number of
 epochs, cut to fit the CPU budget. ``source_only`` is the pre-training shared by ``snsa_f``,
-``nnpm``, ``wo_sl`` and ``wo_hl`` of the same seed (``NNPM(pretrained=...)``), so SNSA-F with the
-classifier is exactly ``source_only``. Features are standardised per corpus (z-scoring with
-each corpus's own statistics, target statistics from the unlabelled target audio).
+``nnpm``, ``wo_sl``, ``wo_hl`` and ``no_target_loss`` of the same seed
+(``NNPM(pretrained=...)``), so SNSA-F with the classifier is exactly ``source_only``.
+Features are standardised per corpus (z-scoring with each corpus's own statistics, target
+statistics from the unlabelled target audio).
 
 Log-mel: the NNPM preset (16 kHz, Hann 400, FFT 512, hop 160, 128 mel bands) without the
 padding to 7.5 s (``fixed_duration_s=null``): padded batches with masks replace it, which halves
-the CPU time; training crops utterances to ``--crop-frames`` random frames.
+the CPU time; training crops utterances to ``--crop-frames`` random frames. Leading and
+trailing silence is trimmed (``trim_db=35``) and every utterance scaled to the same RMS
+(``level=rms``): without that the SNSA learns RAVDESS's loudness differences, which EMO-DB's
+peak-normalised files invert (UA 16 on EMO-DB, below chance; see ``corpus_levels.py``).
 
-Run (about 40 min on 2 free CPU cores with an empty feature cache)::
+For each NNPM variant the run also records how good the pseudo multilabels are (coverage and
+precision against the target labels, for the report only).
+
+Run (39 min on 2 CPU cores with the feature cache filled; Whisper extraction adds about
+5 min to an empty cache)::
 
     .venv/bin/python benchmarks/bench_adaptation.py ../shared/corpora
 
