@@ -28,6 +28,7 @@ from tqdm import tqdm
 from emobridge.audio import audio_info
 from emobridge.corpora.manifest import make_manifest
 from emobridge.errors import AudioError, ConfigError, CorpusError, LabelError
+from emobridge.registry import Registry
 
 #: Extensions treated as audio. libsndfile decides the real format from the header.
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
@@ -166,22 +167,15 @@ class CorpusReader(ABC):
         return ScanResult(make_manifest(rows), problems, n_ignored, dict(skipped))
 
 
-_REGISTRY: dict[str, type[CorpusReader]] = {}
+_READERS: Registry[type[CorpusReader]] = Registry("corpus reader", "emobridge.corpora.readers")
 
-
-def register(cls: type[CorpusReader]) -> type[CorpusReader]:
-    """Class decorator adding a reader to the registry under ``cls.name``."""
-    if cls.name in _REGISTRY:
-        raise ValueError(f"corpus reader {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+#: Class decorator adding a reader to the registry under ``cls.name``.
+register = _READERS.register
 
 
 def available_readers() -> dict[str, type[CorpusReader]]:
-    """Registered readers by name."""
-    from emobridge.corpora import readers  # noqa: F401  (registers the built-in readers)
-
-    return dict(sorted(_REGISTRY.items()))
+    """Registered readers by name (importing the built-in readers first)."""
+    return _READERS.available()
 
 
 def get_reader(name: str) -> type[CorpusReader]:

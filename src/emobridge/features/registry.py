@@ -12,23 +12,17 @@ from typing import Any
 
 from emobridge.errors import FeatureError
 from emobridge.features.base import Extractor
+from emobridge.registry import Registry
 
-_EXTRACTORS: dict[str, type[Extractor]] = {}
+_EXTRACTORS: Registry[type[Extractor]] = Registry("extractor", "emobridge.features.extractors")
 
-
-def register_extractor(cls: type[Extractor]) -> type[Extractor]:
-    """Class decorator adding an extractor under ``cls.name``."""
-    if cls.name in _EXTRACTORS:
-        raise ValueError(f"extractor {cls.name!r} registered twice")
-    _EXTRACTORS[cls.name] = cls
-    return cls
+#: Class decorator adding an extractor under ``cls.name``.
+register_extractor = _EXTRACTORS.register
 
 
 def available_extractors() -> dict[str, type[Extractor]]:
     """Registered extractor classes by name (importing the built-ins first)."""
-    import emobridge.features.extractors  # noqa: F401
-
-    return dict(sorted(_EXTRACTORS.items()))
+    return _EXTRACTORS.available()
 
 
 def parse_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:

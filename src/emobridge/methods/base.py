@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from emobridge.methods.data import EmotionData
+from emobridge.registry import Registry
 
 
 class AdaptationMethod(ABC):
@@ -82,22 +83,15 @@ class AdaptationMethod(ABC):
         return f"{type(self).__name__}({args})"
 
 
-_METHODS: dict[str, type[AdaptationMethod]] = {}
+_METHODS: Registry[type[AdaptationMethod]] = Registry("method", "emobridge.methods")
 
-
-def register_method(cls: type[AdaptationMethod]) -> type[AdaptationMethod]:
-    """Class decorator adding a method to the registry under ``cls.name``."""
-    if cls.name in _METHODS:
-        raise ValueError(f"method {cls.name!r} registered twice")
-    _METHODS[cls.name] = cls
-    return cls
+#: Class decorator adding a method to the registry under ``cls.name``.
+register_method = _METHODS.register
 
 
 def available_methods() -> dict[str, type[AdaptationMethod]]:
     """Registered methods by name (importing :mod:`emobridge.methods` registers built-ins)."""
-    import emobridge.methods  # noqa: F401
-
-    return dict(sorted(_METHODS.items()))
+    return _METHODS.available()
 
 
 def build_method(name: str, **params: Any) -> AdaptationMethod:

@@ -269,15 +269,22 @@ class LogMel(Extractor):
                 raise FeatureError(f"logmel: {param} must be a positive integer, got {value!r}")
             return int(value)
 
+        def positive_number(param: str, unit: str = "") -> float:
+            value = getattr(self, param)
+            if isinstance(value, bool) or not isinstance(
+                    value, int | float | np.integer | np.floating) or not value > 0:
+                raise FeatureError(f"logmel: {param} must be a positive number{unit}, "
+                                   f"got {value!r}")
+            return float(value)
+
         for param in ("sample_rate_hz", "n_fft", "win_length_samples", "hop_length_samples",
                       "n_mels"):
             setattr(self, param, positive_int(param))
         if self.win_length_samples > self.n_fft:
             raise FeatureError(f"logmel: win_length_samples ({self.win_length_samples}) must "
                                f"not exceed n_fft ({self.n_fft})")
-        if self.fixed_duration_s is not None and not float(self.fixed_duration_s) > 0:
-            raise FeatureError(f"logmel: fixed_duration_s must be > 0 or null, "
-                               f"got {self.fixed_duration_s!r}")
+        if self.fixed_duration_s is not None:  # kept as given: it is part of the id
+            positive_number("fixed_duration_s", " of seconds or null")
         check_choice("logmel", "crop", self.crop, ("centre", "start"))
         check_choice("logmel", "window", self.window, ("hann", "hamming"))
         check_choice("logmel", "center", self.center, (True, False))
@@ -287,17 +294,11 @@ class LogMel(Extractor):
         check_choice("logmel", "normalise", self.normalise, ("none", "utterance", "bin"))
         check_choice("logmel", "level", self.level, ("none", "rms", "peak"))
         if self.trim_db is not None:
-            if isinstance(self.trim_db, bool) or not isinstance(
-                    self.trim_db, int | float | np.integer | np.floating) or not self.trim_db > 0:
-                raise FeatureError(f"logmel: trim_db must be a positive number of dB or null, "
-                                   f"got {self.trim_db!r}")
-            self.trim_db = float(self.trim_db)
+            self.trim_db = positive_number("trim_db", " of dB or null")
         self.power = float(self.power)
         self.f_min_hz = float(self.f_min_hz)
         self.f_max_hz = None if self.f_max_hz is None else float(self.f_max_hz)
-        if not float(self.log_offset) > 0:
-            raise FeatureError(f"logmel: log_offset must be > 0, got {self.log_offset!r}")
-        self.log_offset = float(self.log_offset)
+        self.log_offset = positive_number("log_offset")
         if self.image_size is not None:
             size = ([self.image_size] * 2 if isinstance(self.image_size, int | np.integer)
                     else list(self.image_size))
