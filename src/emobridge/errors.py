@@ -29,3 +29,29 @@ class ConfigError(EmobridgeError):
 
 class FeatureError(EmobridgeError):
     """A feature extractor or the feature store failed."""
+
+
+class UnknownNameError(EmobridgeError, KeyError):
+    """A name (reader, extractor, method, label set...) is not registered.
+
+    Also a ``KeyError`` so mapping-style lookups keep working; the message is printed as is
+    (``KeyError`` would quote it).
+    """
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
+class OutputError(EmobridgeError):
+    """An output folder or file cannot be written as asked (read-only, full, not ours)."""
+
+
+class InterruptedRun(EmobridgeError):
+    """A run was interrupted (Ctrl-C, SIGTERM); what was completed is kept."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system fault: the path and the reason, no traceback."""
+    path = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or str(exc)
+    return f"{path}: {reason}" if path else reason

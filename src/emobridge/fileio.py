@@ -7,11 +7,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+try:  # POSIX advisory locks; on other systems locking is a no-op
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -27,6 +39,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                                dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600; give the file the mode a plain open() would have had.
+    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         yield tmp_path
         os.replace(tmp_path, final)
@@ -53,5 +67,95 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Write ``obj`` as indented strict JSON to ``path`` atomically (see :func:`jsonable`)."""
+    write_text_atomic(path, json.dumps(jsonable(obj), indent=2, sort_keys=True,
+                                       allow_nan=False) + "\n")
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars / arrays turned into Python values, paths into strings and
+    NaN / inf into ``None`` (strict JSON); anything else unknown becomes its ``str``."""
+    import numpy as np
+
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    return str(obj)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str], exclusive: bool = True,
+              blocking: bool = False) -> Iterator[bool]:
+    """Hold an advisory ``flock`` on ``path`` (created if missing) for the block.
+
+    Yields ``True`` when the lock is held; with ``blocking=False`` a lock held elsewhere
+    yields ``False`` at once instead of waiting (the caller decides whether that is an
+    error). Where the file cannot be created (a read-only folder) or the system has no
+    ``fcntl``, yields ``True`` without locking: a read-only place cannot be written
+    concurrently by us anyway.
+    """
+    if fcntl is None:
+        yield True
+        return
+    try:
+        fh = open(path, "a+")  # noqa: SIM115 - closed in finally
+    except OSError:
+        yield True
+        return
+    try:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fh, mode | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
+def prepare_output_dir(path: str | os.PathLike[str], marker: str, what: str = "output folder",
+                       allow: tuple[str, ...] = ()) -> Path:
+    """Create or reuse a folder that emobridge owns, and return it.
+
+    An output folder must be dedicated: an empty path, an existing file, or an existing
+    non-empty folder without ``marker`` (the file emobridge writes into every folder it owns,
+    e.g. ``run.json``) raise :class:`~emobridge.errors.OutputError`, so a user's own files
+    are never overwritten. Names in ``allow`` (hidden lock files, say) do not count as
+    content. A folder that cannot be created (read-only, a path through a file) raises
+    the same error naming the path.
+    """
+    from emobridge.errors import OutputError
+
+    if path is None or str(path).strip() == "":
+        raise OutputError(f"{what}: empty path; name a dedicated folder")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} {folder}: exists and is not a folder")
+    if folder.is_dir():
+        content = [p.name for p in folder.iterdir() if p.name not in allow]
+        if content and not (folder / marker).is_file():
+            raise OutputError(
+                f"{what} {folder}: not empty and not made by emobridge (no {marker}); "
+                "choose a new or empty folder")
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{what} {folder}: cannot create ({exc.strerror or exc})") from None
+    return folder

@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 from typing import Generic, TypeVar
 
+from emobridge.errors import UnknownNameError
+
 T = TypeVar("T", bound=type)
 
 
@@ -36,3 +38,11 @@ class Registry(Generic[T]):
         """The registered classes by name, sorted, after importing the built-ins."""
         importlib.import_module(self.builtins)
         return dict(sorted(self._classes.items()))
+
+    def get(self, name: object) -> T:
+        """The class registered as ``name``; otherwise :class:`UnknownNameError` listing the
+        known names."""
+        classes = self.available()
+        if not isinstance(name, str) or name not in classes:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(classes)}")
+        return classes[name]

@@ -66,10 +66,8 @@ def _split_top_level(text: str) -> list[str]:
 def build_extractor(spec: str | dict[str, Any]) -> Extractor:
     """Instantiate an extractor from a spec; unknown names or parameters raise FeatureError."""
     name, params = parse_spec(spec)
-    extractors = available_extractors()
-    if name not in extractors:
-        raise FeatureError(f"unknown extractor {name!r}; known: {', '.join(extractors)}")
+    cls = _EXTRACTORS.get(name)
     try:
-        return extractors[name](**params)
+        return cls(**params)
     except TypeError as exc:
         raise FeatureError(f"extractor {name!r}: bad parameters {params}: {exc}") from None

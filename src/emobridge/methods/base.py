@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from emobridge.errors import ConfigError
 from emobridge.methods.data import EmotionData
 from emobridge.registry import Registry
 
@@ -95,14 +96,12 @@ def available_methods() -> dict[str, type[AdaptationMethod]]:
 
 
 def build_method(name: str, **params: Any) -> AdaptationMethod:
-    """Instantiate a registered method; unknown names and parameters raise ``ValueError``."""
-    methods = available_methods()
-    if name not in methods:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(methods)}")
-    cls = methods[name]
+    """Instantiate a registered method; an unknown name raises :class:`UnknownNameError`, an
+    unknown parameter :class:`ConfigError`."""
+    cls = _METHODS.get(name)
     unknown = set(params) - set(cls.param_names())
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"method {name!r}: unknown parameters {sorted(unknown)}; valid: {cls.param_names()}"
         )
     return cls(**params)

@@ -1,0 +1,78 @@
+"""Run-time helpers shared by every stage: device resolution and seeding.
+
+One place for each, so a trainer, an extractor and the experiment runner agree on what
+``"auto"`` means and on what a seed covers.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+
+from emobridge.errors import ConfigError
+
+#: device names accepted everywhere (``cuda:N`` too)
+DEVICE_TYPES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(device: object = "auto") -> str:
+    """The concrete torch device string for ``device``.
+
+    ``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; ``"cpu"``, ``"cuda"``,
+    ``"cuda:1"`` and ``"mps"`` as given. An unknown name, or a backend that this machine
+    lacks, raises :class:`~emobridge.errors.ConfigError` naming the value.
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ConfigError(f"device {device!r}: expected one of {', '.join(DEVICE_TYPES)}")
+    name = device.strip().lower()
+    kind, _, index = name.partition(":")
+    if kind not in DEVICE_TYPES or (index and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"device {device!r}: expected one of {', '.join(DEVICE_TYPES)} "
+                          "(or cuda:N)")
+    if kind == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r} requested but MPS is not available")
+    return name
+
+
+def torch_device(device: object = "auto"):
+    """:func:`resolve_device` as a ``torch.device``."""
+    import torch
+
+    return torch.device(resolve_device(device))
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed ``random``, numpy's global RNG and torch (CPU and CUDA).
+
+    ``deterministic`` also asks cuDNN for deterministic kernels and turns off its autotuner;
+    on CUDA it enables ``torch.use_deterministic_algorithms(warn_only=True)`` (ops without a
+    deterministic kernel warn instead of failing).
+    """
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        if torch.cuda.is_available():
+            # cuBLAS needs a fixed workspace for reproducible matmuls.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
