@@ -15,7 +15,7 @@ import soundfile as sf
 from emobridge.corpora import available_readers, get_reader
 from emobridge.corpora.base import CorpusReader, create_reader, reader_options
 from emobridge.corpora.taxonomy import CANONICAL_EMOTIONS
-from emobridge.errors import AudioError, ConfigError, CorpusError, LabelError
+from emobridge.errors import AudioError, ConfigError, CorpusError, LabelError, UnknownNameError
 from tests.conftest import write_tone
 
 STEREO = {"channels": 2}
@@ -451,6 +451,6 @@ def test_table_reader_broken_listing(tmp_path: Path, content: str, match: str) -
 def test_create_reader_rejects_unknown_options(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="accepted: include_song"):
         create_reader("ravdess", tmp_path, {"songs": True})
-    with pytest.raises(CorpusError, match="unknown corpus reader"):
+    with pytest.raises(UnknownNameError, match="unknown corpus reader"):
         create_reader("nosuch", tmp_path)
     assert reader_options(get_reader("iemocap")) == {"merge_excited": True}

@@ -13,7 +13,7 @@ import pytest
 
 from emobridge.audio import load_audio
 from emobridge.corpora import make_manifest
-from emobridge.errors import AudioError, FeatureError
+from emobridge.errors import AudioError, FeatureError, UnknownNameError
 from emobridge.features import FeatureStore
 from emobridge.features.extractors.logmel import LogMel
 from tests.conftest import write_tone
@@ -283,7 +283,7 @@ def test_bad_arguments(corpus: pd.DataFrame, tmp_path: Path) -> None:
     store = FeatureStore(tmp_path / "store")
     with pytest.raises(FeatureError, match="path"):
         store.extract(pd.DataFrame({"x": [1]}), CountingLogMel(), progress=False)
-    with pytest.raises(FeatureError, match="unknown extractor"):
+    with pytest.raises(UnknownNameError, match="unknown extractor"):
         store.extract(corpus, "nope", progress=False)
     with pytest.raises(FeatureError, match="workers"):
         store.extract(corpus, CountingLogMel(), workers=0, progress=False)

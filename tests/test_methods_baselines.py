@@ -139,7 +139,7 @@ def test_params_and_registry():
     assert {"domain_weight", "epochs", "seed", "backbone", "normalise"} <= set(names)
     m = build_method("dann", domain_weight=0.3, epochs=3)
     assert m.get_params()["domain_weight"] == 0.3 and m.epochs == 3
-    with pytest.raises(ValueError, match="unknown parameters"):
+    with pytest.raises(ConfigError, match="unknown parameters"):
         build_method("source_only", domain_weight=1.0)
 
 
