@@ -432,11 +432,35 @@ class ExperimentConfig(_Model):
 # ---------------------------------------------------------------------- loading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+#: deepest nesting of mappings / lists a config may have
+MAX_YAML_DEPTH = 64
+#: most nodes a config may expand to once aliases (``*name``) are followed
+MAX_YAML_NODES = 100_000
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus: a key given twice in one mapping is an error (PyYAML
+    keeps the last), nesting is capped at :data:`MAX_YAML_DEPTH` (deeper input would end in
+    a ``RecursionError``), and see :func:`read_yaml` for the alias-expansion cap."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _construct_mapping(loader: _ConfigLoader, node: yaml.MappingNode, deep: bool = False):
     seen = set()
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` may be overridden
@@ -449,8 +473,73 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                                 _construct_mapping)
+_ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes that ``node`` stands for once every alias is followed (an alias is the same
+    node object as its anchor, so a "billion laughs" document is small as a graph but huge
+    here). Memoised by node identity: linear in the graph's size."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a cycle (impossible in YAML 1.1 composition) counts once
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    total = 1 + sum(_expanded_size(c, memo) for c in children)
+    memo[id(node)] = total
+    return total
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse a YAML document safely: no Python objects, no duplicate keys, nesting capped
+    at :data:`MAX_YAML_DEPTH`, alias expansion capped at :data:`MAX_YAML_NODES` nodes.
+    Every refusal is a :class:`ConfigError` naming ``source`` (and the line where known)."""
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise ConfigError(f"{source}: the config expands to {size} values through aliases "
+                              f"(*name); at most {MAX_YAML_NODES} are allowed")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def expand_env(data: Any, source: str, where: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value of ``data`` by the
+    environment variable (or the default, as in shells). An unset variable without a default
+    raises :class:`ConfigError` naming it and the key."""
+    if isinstance(data, dict):
+        return {k: expand_env(v, source, f"{where}.{k}" if where else str(k))
+                for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_env(v, source, f"{where}.{i}" if where else str(i))
+                for i, v in enumerate(data)]
+    if not isinstance(data, str):
+        return data
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise ConfigError(f"{source}: {where}: environment variable {name} is not set "
+                                  f"(write ${{{name}:-default}} to give a default)")
+            return default
+        return value
+
+    return _ENV_REF.sub(substitute, data)
 
 
 def _loc(parts: tuple[Any, ...]) -> str:
@@ -555,7 +644,7 @@ def _check_params(cls: type, params: dict[str, Any], prefix: str, source: str,
 def _resolve(path: Path | None, base: Path) -> Path | None:
     if path is None:
         return None
-    path = Path(os.path.expandvars(str(path))).expanduser()
+    path = Path(str(path)).expanduser()
     return path if path.is_absolute() else (base / path).resolve()
 
 
@@ -696,13 +785,7 @@ def load_config(
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    data = expand_env(read_yaml(text, str(path)), str(path))
     if data is None:
         raise ConfigError(f"{path}: the config file is empty")
     return validate_config(data, str(path), path.parent, check_registries,
