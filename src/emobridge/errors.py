@@ -55,3 +55,8 @@ def describe_os_error(exc: OSError) -> str:
     path = exc.filename if exc.filename is not None else ""
     reason = exc.strerror or str(exc)
     return f"{path}: {reason}" if path else reason
+
+
+class EmobridgeWarning(UserWarning):
+    """Something suspicious but not fatal in the user's data or settings (one speaker in a
+    corpus, classes missing from a test set...). The CLI prints it as one ``warning:`` line."""
