@@ -83,7 +83,9 @@ def _img(path: Path | None, alt: str) -> dict[str, str] | None:
 
 
 def _cell_text(v: Any) -> str:
-    return format_number(v) if isinstance(v, float) else str(v)
+    if v is None or isinstance(v, float):  # NaN and missing values show as "-"
+        return format_number(v)
+    return str(v)
 
 
 def _table(frame: pd.DataFrame, numeric_cols: Sequence[str] = ()) -> dict[str, Any]:

@@ -420,7 +420,8 @@ def write_tables(run_dir: str | os.PathLike[str], table: pd.DataFrame,
             frame.to_csv(tmp, index=False)
         written.append(run_dir / name)
     md = ("UA, WA and macro-F1 on the target test speakers, in %, mean ± std over seeds; "
-          "UA 95% CI: bootstrap over test utterances of the mean UA.\n\n"
+          "UA 95% CI: bootstrap over test utterances of the mean UA. A note names the "
+          "classes a target test set lacks (UA is then over the present classes).\n\n"
           + to_markdown(display_table(table)))
     write_text_atomic(run_dir / "results.md", md)
     written.append(run_dir / "results.md")
