@@ -104,7 +104,7 @@ def plot_learning_curves(histories: Mapping[int, Sequence[Mapping[str, Any]]], t
                 xs, ys = [], []
                 for i, record in enumerate(history):
                     v = record.get(key)
-                    if isinstance(v, (int, float)) and v is not None and np.isfinite(v):
+                    if isinstance(v, (int, float)) and np.isfinite(v):
                         xs.append(record.get("epoch", i + 1))
                         ys.append(v)
                 if xs:
@@ -186,9 +186,11 @@ def plot_summary(table: pd.DataFrame, path: str | os.PathLike[str],
     """Mean UA (± std over seeds) per task, one bar per feature / method / k."""
     if table.empty or table["ua_mean"].isna().all():
         return None
-    variants = list(dict.fromkeys(
-        f"{f} / {m} / k={k}" if table["feature"].nunique() > 1 else f"{m} / k={k}"
-        for f, m, k in zip(table["feature"], table["method"], table["k"], strict=True)))
+    with_feature = table["feature"].nunique() > 1
+    labels = pd.Series([f"{f} / {m} / k={k}" if with_feature else f"{m} / k={k}"
+                        for f, m, k in zip(table["feature"], table["method"], table["k"],
+                                           strict=True)], index=table.index)
+    variants = list(dict.fromkeys(labels))
     tasks = list(dict.fromkeys(table["task"]))
     width = 0.8 / max(1, len(variants))
     fig = _figure(max(5.0, 1.1 + len(tasks) * (0.5 + 0.28 * len(variants))), 3.8)
@@ -197,14 +199,10 @@ def plot_summary(table: pd.DataFrame, path: str | os.PathLike[str],
     for vi, variant in enumerate(variants):
         xs, ys, es = [], [], []
         for ti, task in enumerate(tasks):
-            rows = table[table["task"] == task]
-            labels = [f"{f} / {m} / k={k}" if table["feature"].nunique() > 1
-                      else f"{m} / k={k}" for f, m, k in zip(rows["feature"], rows["method"],
-                                                           rows["k"], strict=True)]
-            match = [i for i, lab in enumerate(labels) if lab == variant]
-            if not match:
+            rows = table[(table["task"] == task) & (labels == variant)]
+            if rows.empty:
                 continue
-            row = rows.iloc[match[0]]
+            row = rows.iloc[0]
             xs.append(ti + (vi - (len(variants) - 1) / 2) * width)
             ys.append(row["ua_mean"] * 100)
             es.append((row["ua_std"] if np.isfinite(row["ua_std"]) else 0.0) * 100)

@@ -25,7 +25,6 @@ hash of the cell's current settings; anything else is run (again).
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,8 @@ import numpy as np
 import pandas as pd
 
 from emobridge.fileio import atomic_path, write_json_atomic, write_text_atomic
+from emobridge.fileio import jsonable as jsonable  # re-exported: the one JSON sanitiser
+from emobridge.metrics import bootstrap_mean_ua, per_class_from_confusion
 
 CELLS_DIR = "cells"
 METRICS_FILE = "metrics.json"
@@ -48,7 +49,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "task", "source", "target", "feature", "method", "k", "n_seeds", "n_failed",
     "ua_mean", "ua_std", "ua_ci_low", "ua_ci_high", "wa_mean", "wa_std",
     "macro_f1_mean", "macro_f1_std", "source_ua_mean", "source_ua_std",
-    "silhouette_emotion_mean", "n_test",
+    "silhouette_emotion_mean", "n_test", "missing_classes",
 )
 
 
@@ -108,36 +109,13 @@ def cell_dir(run_dir: str | os.PathLike[str], key: CellKey) -> Path:
     return Path(run_dir) / CELLS_DIR / key.id
 
 
-# ---------------------------------------------------------------------- JSON
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with numpy scalars / arrays turned into Python values and NaN / inf into None
-    (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
+# ---------------------------------------------------------------------- cell files
 
 
 def write_cell_metrics(directory: Path, payload: dict[str, Any]) -> None:
     """Write a finished cell's ``metrics.json`` (atomically) and drop stale error files."""
     directory.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(directory / METRICS_FILE, jsonable({**payload, "status": "ok"}))
+    write_json_atomic(directory / METRICS_FILE, {**payload, "status": "ok"})
     for stale in (ERROR_FILE, TRACEBACK_FILE):
         (directory / stale).unlink(missing_ok=True)
 
@@ -237,46 +215,35 @@ def collect(run_dir: str | os.PathLike[str], cells: Iterable[tuple[CellKey, Task
     return out
 
 
-def _ua_from_codes(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    support = np.bincount(y_true, minlength=n_classes)
-    hits = np.bincount(y_true[y_true == y_pred], minlength=n_classes)
-    present = support > 0
-    return float(np.mean(hits[present] / support[present]))
-
-
-def bootstrap_mean_ua(predictions: Sequence[tuple[np.ndarray, np.ndarray]], n_classes: int,
-                      n_resamples: int = 1000, confidence: float = 0.95,
-                      seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean UA over seeds.
-
-    Each resample redraws, with replacement, the test utterances of every seed (seeds may
-    have different test sets when the split follows the seed) and averages the seeds' UAs,
-    so the interval covers the test-set sampling of the reported mean. ``(nan, nan)`` when
-    there is nothing to resample.
-    """
-    parts = [(np.asarray(t, dtype=np.int64), np.asarray(p, dtype=np.int64))
-             for t, p in predictions if len(t)]
-    if not parts or n_resamples < 1:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_resamples)
-    for b in range(n_resamples):
-        uas = []
-        for t, p in parts:
-            idx = rng.integers(0, len(t), len(t))
-            uas.append(_ua_from_codes(t[idx], p[idx], n_classes))
-        values[b] = np.mean(uas)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return float(low), float(high)
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 with one value) over seeds, ignoring missing
+    and non-finite values; ``(nan, nan)`` when none is left."""
     arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     if arr.size == 0:
         return float("nan"), float("nan")
-    # Sample standard deviation over seeds (0 with a single seed).
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def missing_classes(metrics: dict[str, Any] | None) -> list[str]:
+    """Classes without a test utterance in an :func:`emobridge.metrics.evaluate` result.
+
+    Read from its ``missing_classes``; results written before that key existed give it
+    through their per-class supports of 0.
+    """
+    if not metrics:
+        return []
+    if "missing_classes" in metrics:
+        return [str(c) for c in metrics["missing_classes"] or []]
+    return [str(c) for c, row in (metrics.get("per_class") or {}).items()
+            if isinstance(row, dict) and row.get("support") == 0]
+
+
+def _missing_over_seeds(targets: Sequence[dict[str, Any]]) -> str:
+    """Classes missing from the test set of any seed, ``;``-joined in class order."""
+    seen: dict[str, None] = {}
+    for t in targets:
+        seen.update(dict.fromkeys(missing_classes(t)))
+    return ";".join(seen)
 
 
 def cells_frame(records: Sequence[CellRecord]) -> pd.DataFrame:
@@ -295,10 +262,48 @@ def cells_frame(records: Sequence[CellRecord]) -> pd.DataFrame:
             "ua_ci_low": target.get("ua_ci_low"), "ua_ci_high": target.get("ua_ci_high"),
             "source_ua": source.get("ua"), "silhouette_emotion": sil.get("emotion"),
             "silhouette_language": sil.get("language"), "n_test": target.get("n"),
+            "missing_classes": ";".join(missing_classes(target)),
             "fit_s": (m.get("timing") or {}).get("fit_s"),
             "error": (r.error or {}).get("error"),
         })
     return pd.DataFrame(rows)
+
+
+def group_records(records: Sequence[CellRecord]
+                  ) -> dict[tuple[str, str, str, str], list[CellRecord]]:
+    """Records by group (the cell key without its seed), in the grid's order."""
+    groups: dict[tuple[str, str, str, str], list[CellRecord]] = {}
+    for r in records:
+        groups.setdefault(r.key.group, []).append(r)
+    return groups
+
+
+def _group_row(group: tuple[str, str, str, str], members: Sequence[CellRecord],
+               n_resamples: int, seed: int) -> dict[str, Any]:
+    """One row of the results table: statistics over the finished seeds of a group."""
+    done = [r for r in members if r.status == "ok"]
+    task = members[0].task
+    row: dict[str, Any] = {
+        "task": group[0], "source": task.source_label, "target": task.target,
+        "feature": group[1], "method": group[2], "k": group[3],
+        "n_seeds": len(done), "n_failed": sum(r.status == "failed" for r in members),
+    }
+    targets = [r.metrics["target"] for r in done]
+    for metric in ("ua", "wa", "macro_f1"):
+        row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(t.get(metric) for t in targets)
+    preds = [(r.metrics["predictions"]["target"]["y_true"],
+              r.metrics["predictions"]["target"]["y_pred"])
+             for r in done if r.metrics.get("predictions")]
+    n_classes = len(done[0].metrics["classes"]) if done else 0
+    row["ua_ci_low"], row["ua_ci_high"] = bootstrap_mean_ua(preds, n_classes, n_resamples,
+                                                            seed=seed)
+    row["source_ua_mean"], row["source_ua_std"] = mean_std(
+        (r.metrics.get("source") or {}).get("ua") for r in done)
+    row["silhouette_emotion_mean"] = mean_std(
+        (r.metrics.get("silhouette") or {}).get("emotion") for r in done)[0]
+    row["n_test"] = float(np.mean([t.get("n", 0) for t in targets])) if targets else 0.0
+    row["missing_classes"] = _missing_over_seeds(targets)
+    return row
 
 
 def aggregate(records: Sequence[CellRecord], n_resamples: int = 1000,
@@ -307,36 +312,12 @@ def aggregate(records: Sequence[CellRecord], n_resamples: int = 1000,
 
     ``*_mean`` / ``*_std`` are the mean and sample standard deviation over the finished
     seeds; ``ua_ci_low`` / ``ua_ci_high`` the bootstrap 95 % CI of the mean UA
-    (:func:`bootstrap_mean_ua`). Rows keep the grid's order.
+    (:func:`emobridge.metrics.bootstrap_mean_ua`); ``missing_classes`` the classes absent
+    from the target test set of some seed (``;``-joined; UA is over the present classes).
+    Rows keep the grid's order.
     """
-    groups: dict[tuple[str, str, str, str], list[CellRecord]] = {}
-    for r in records:
-        groups.setdefault(r.key.group, []).append(r)
-    rows = []
-    for group, members in groups.items():
-        done = [r for r in members if r.status == "ok"]
-        task = members[0].task
-        row: dict[str, Any] = {
-            "task": group[0], "source": task.source_label, "target": task.target,
-            "feature": group[1], "method": group[2], "k": group[3],
-            "n_seeds": len(done), "n_failed": sum(r.status == "failed" for r in members),
-        }
-        targets = [r.metrics["target"] for r in done]
-        for metric in ("ua", "wa", "macro_f1"):
-            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(
-                [t.get(metric) for t in targets])
-        preds = [(r.metrics["predictions"]["target"]["y_true"],
-                  r.metrics["predictions"]["target"]["y_pred"])
-                 for r in done if r.metrics.get("predictions")]
-        n_classes = len(done[0].metrics["classes"]) if done else 0
-        row["ua_ci_low"], row["ua_ci_high"] = bootstrap_mean_ua(preds, n_classes,
-                                                                n_resamples, seed=seed)
-        row["source_ua_mean"], row["source_ua_std"] = _mean_std(
-            [(r.metrics.get("source") or {}).get("ua") for r in done])
-        row["silhouette_emotion_mean"] = _mean_std(
-            [(r.metrics.get("silhouette") or {}).get("emotion") for r in done])[0]
-        row["n_test"] = float(np.mean([t.get("n", 0) for t in targets])) if targets else 0.0
-        rows.append(row)
+    rows = [_group_row(group, members, n_resamples, seed)
+            for group, members in group_records(records).items()]
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
@@ -348,50 +329,75 @@ def summed_confusion(records: Sequence[CellRecord]) -> np.ndarray | None:
 
 
 def per_class_table(confusion: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
-    """Precision / recall / F1 / support per class from confusion counts (rows true)."""
-    cm = np.asarray(confusion, dtype=float)
-    tp = np.diag(cm)
-    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, np.nan)
-        recall = np.where(support > 0, tp / support, np.nan)
-        f1 = np.where(predicted + support > 0, 2 * tp / (predicted + support), np.nan)
-    return pd.DataFrame({"precision": precision, "recall": recall, "f1": f1,
-                         "support": support.astype(int)}, index=pd.Index(list(classes),
-                                                                          name="class"))
+    """Precision / recall / F1 / support per class from confusion counts (rows true);
+    see :func:`emobridge.metrics.per_class_from_confusion`."""
+    return per_class_from_confusion(confusion, list(classes))
 
 
-def _fmt(mean: float, std: float | None = None, pct: bool = False) -> str:
-    if mean is None or not np.isfinite(mean):
+# ---------------------------------------------------------------------- formatting
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and bool(np.isfinite(x))
+
+
+def format_pct(x: Any, std: Any = None) -> str:
+    """A fraction as a percentage with one decimal (``"61.3"``), ``"61.3 ± 2.0"`` with a
+    finite ``std``, ``"-"`` when ``x`` is missing or not finite."""
+    if not _finite(x):
         return "-"
-    scale = 100.0 if pct else 1.0
-    if std is None or not np.isfinite(std):
-        return f"{mean * scale:.1f}" if pct else f"{mean:.3f}"
-    return (f"{mean * scale:.1f} ± {std * scale:.1f}" if pct
-            else f"{mean:.3f} ± {std:.3f}")
+    return f"{x * 100:.1f} ± {std * 100:.1f}" if _finite(std) else f"{x * 100:.1f}"
+
+
+def format_ci(low: Any, high: Any) -> str:
+    """A CI of fractions in percent: ``"[55.0, 67.5]"``, or ``"-"``."""
+    if not (_finite(low) and _finite(high)):
+        return "-"
+    return f"[{low * 100:.1f}, {high * 100:.1f}]"
+
+
+def format_number(x: Any, digits: int = 3) -> str:
+    """A plain number with ``digits`` decimals, or ``"-"``."""
+    return f"{x:.{digits}f}" if _finite(x) else "-"
+
+
+def missing_note(missing: Any) -> str:
+    """The note for a row whose test set lacks classes (``;``-joined names or a list)."""
+    if isinstance(missing, str):
+        names = [c for c in missing.split(";") if c]
+    elif isinstance(missing, (list, tuple)):
+        names = [str(c) for c in missing]
+    else:  # NaN from a CSV round trip, None
+        names = []
+    return f"UA over present classes; no test utterance of: {', '.join(names)}" if names \
+        else ""
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The results table formatted for people: metrics in % as ``mean ± std``."""
+    """The results table formatted for people: metrics in % as ``mean ± std``; a ``note``
+    column when some test set lacks classes."""
 
     def pct(metric: str) -> list[str]:
-        return [_fmt(m, s, True)
+        return [format_pct(m, s)
                 for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"], strict=True)]
 
-    return pd.DataFrame({
+    shown = pd.DataFrame({
         "task": table["task"], "feature": table["feature"], "method": table["method"],
         "k": table["k"], "seeds": [
             f"{int(n)}" + (f" ({int(f)} failed)" if f else "")
             for n, f in zip(table["n_seeds"], table["n_failed"], strict=True)],
         "UA %": pct("ua"),
-        "UA 95% CI": [
-            "-" if not np.isfinite(lo) else f"[{lo * 100:.1f}, {hi * 100:.1f}]"
-            for lo, hi in zip(table["ua_ci_low"], table["ua_ci_high"], strict=True)],
+        "UA 95% CI": [format_ci(lo, hi)
+                      for lo, hi in zip(table["ua_ci_low"], table["ua_ci_high"], strict=True)],
         "WA %": pct("wa"),
         "macro-F1 %": pct("macro_f1"),
         "source UA %": pct("source_ua"),
-        "silhouette": [_fmt(m) for m in table["silhouette_emotion_mean"]],
+        "silhouette": [format_number(m) for m in table["silhouette_emotion_mean"]],
     })
+    notes = [missing_note(m) for m in table.get("missing_classes", [""] * len(table))]
+    if any(notes):
+        shown["note"] = notes
+    return shown
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -414,7 +420,8 @@ def write_tables(run_dir: str | os.PathLike[str], table: pd.DataFrame,
             frame.to_csv(tmp, index=False)
         written.append(run_dir / name)
     md = ("UA, WA and macro-F1 on the target test speakers, in %, mean ± std over seeds; "
-          "UA 95% CI: bootstrap over test utterances of the mean UA.\n\n"
+          "UA 95% CI: bootstrap over test utterances of the mean UA. A note names the "
+          "classes a target test set lacks (UA is then over the present classes).\n\n"
           + to_markdown(display_table(table)))
     write_text_atomic(run_dir / "results.md", md)
     written.append(run_dir / "results.md")
