@@ -22,6 +22,44 @@ from emobridge.errors import AudioError
 DEFAULT_SAMPLE_RATE_HZ = 16_000
 #: Peak amplitude below which a file counts as silent.
 SILENCE_PEAK = 1e-5
+#: Sample rates accepted from a file header or for a waveform (Hz). Outside this range a
+#: header is absurd: 1 Hz audio resampled to 16 kHz grows 16,000-fold in memory.
+MIN_SAMPLE_RATE_HZ = 1_000
+MAX_SAMPLE_RATE_HZ = 384_000
+#: Most channels accepted (a larger count is a corrupt header or a transposed array).
+MAX_CHANNELS = 64
+#: Longest audio accepted by default, in seconds (3 hours; an emotion corpus's utterances
+#: last seconds). :func:`load_audio` and :func:`audio_info` take ``max_duration_s`` to override.
+MAX_DURATION_S = 3 * 3600.0
+
+
+def _read_info(path: Path) -> sf._SoundFileInfo:
+    try:
+        return sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"{path}: cannot read audio header ({exc})") from None
+
+
+def _check_rate(rate: float, source: str) -> None:
+    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
+        raise AudioError(f"{source}: sample rate {rate:g} Hz is outside "
+                         f"{MIN_SAMPLE_RATE_HZ}..{MAX_SAMPLE_RATE_HZ} Hz")
+
+
+def _check_header(path: Path, info: sf._SoundFileInfo, max_duration_s: float | None) -> float:
+    """Refuse absurd headers before anything is decoded; return the duration in seconds."""
+    _check_rate(info.samplerate, str(path))
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise AudioError(f"{path}: {info.channels} channels in the header "
+                         f"(at most {MAX_CHANNELS} accepted)")
+    if info.frames <= 0:
+        raise AudioError(f"{path}: audio is empty (0 samples)")
+    limit = MAX_DURATION_S if max_duration_s is None else max_duration_s
+    duration_s = info.frames / info.samplerate
+    if duration_s > limit:
+        raise AudioError(f"{path}: duration {duration_s:.1f} s is longer than the limit of "
+                         f"{limit:g} s (max_duration_s)")
+    return duration_s
 
 
 def load_audio(
@@ -29,16 +67,23 @@ def load_audio(
     sample_rate_hz: int | None = DEFAULT_SAMPLE_RATE_HZ,
     *,
     allow_silent: bool = False,
+    max_duration_s: float | None = None,
 ) -> np.ndarray:
     """Load ``path`` as a mono float32 waveform at ``sample_rate_hz``.
 
-    Channels are averaged. ``sample_rate_hz=None`` keeps the file's rate. Raises
-    :class:`AudioError` naming the file when it cannot be decoded, holds no samples, or
-    (unless ``allow_silent``) is silent.
+    Channels are averaged. ``sample_rate_hz=None`` keeps the file's rate. The header is
+    checked first (sample rate within :data:`MIN_SAMPLE_RATE_HZ`..:data:`MAX_SAMPLE_RATE_HZ`,
+    1..:data:`MAX_CHANNELS` channels, at least one frame, at most ``max_duration_s`` seconds,
+    default :data:`MAX_DURATION_S`), so an absurd header costs no decoding or resampling.
+    Raises :class:`AudioError` naming the file when a check fails, the file cannot be
+    decoded, holds NaN or infinite samples, or (unless ``allow_silent``) is silent.
     """
     path = Path(path)
+    info = _read_info(path)
+    _check_header(path, info, max_duration_s)
     try:
-        wave, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        wave, file_rate = sf.read(str(path), frames=info.frames, dtype="float32",
+                                  always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: cannot decode audio ({exc})") from None
     return prepare_waveform(wave, file_rate, sample_rate_hz, source=str(path),
@@ -53,9 +98,16 @@ def prepare_waveform(
     source: str = "waveform",
     allow_silent: bool = False,
 ) -> np.ndarray:
-    """Turn an array (samples, or samples x channels) into mono float32 at ``target_rate_hz``."""
+    """Turn an array (samples, or samples x channels) into mono float32 at ``target_rate_hz``.
+
+    Raises :class:`AudioError` naming ``source`` for an empty, non-finite, silent (unless
+    ``allow_silent``) or oddly shaped array or a sample rate outside the accepted range.
+    """
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim == 2:
+        if wave.shape[1] > MAX_CHANNELS:
+            raise AudioError(f"{source}: {wave.shape[1]} channels (at most {MAX_CHANNELS}; "
+                             f"expected samples x channels, got shape {wave.shape})")
         wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     elif wave.ndim != 1:
         raise AudioError(f"{source}: expected 1-D or 2-D audio, got shape {wave.shape}")
@@ -66,21 +118,23 @@ def prepare_waveform(
     if not allow_silent and float(np.max(np.abs(wave))) < SILENCE_PEAK:
         raise AudioError(f"{source}: audio is silent (peak < {SILENCE_PEAK:g})")
     if target_rate_hz is not None and sample_rate_hz != target_rate_hz:
-        if sample_rate_hz <= 0:
-            raise AudioError(f"{source}: invalid sample rate {sample_rate_hz}")
+        _check_rate(sample_rate_hz, source)
+        _check_rate(target_rate_hz, f"{source}: target")
         wave = soxr.resample(wave, sample_rate_hz, target_rate_hz, quality="HQ").astype(np.float32)
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
-def audio_info(path: str | os.PathLike[str]) -> tuple[float, int]:
-    """Return ``(duration_s, sample_rate_hz)`` from the header, without decoding samples."""
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"{path}: cannot read audio header ({exc})") from None
-    if info.frames <= 0:
-        raise AudioError(f"{path}: audio is empty (0 samples)")
-    return info.frames / info.samplerate, int(info.samplerate)
+def audio_info(path: str | os.PathLike[str],
+               max_duration_s: float | None = None) -> tuple[float, int]:
+    """Return ``(duration_s, sample_rate_hz)`` from the header, without decoding samples.
+
+    The header passes the same checks as in :func:`load_audio` (:class:`AudioError` naming
+    the file otherwise), so a corpus scan reports absurd files as problems.
+    """
+    path = Path(path)
+    info = _read_info(path)
+    duration_s = _check_header(path, info, max_duration_s)
+    return duration_s, int(info.samplerate)
 
 
 def crop_or_pad(
