@@ -7,7 +7,6 @@ import soundfile as sf
 from emobridge.audio import (
     crop_or_pad,
     file_hash,
-    frame_energy_db,
     load_audio,
     normalise,
     normalise_level,
@@ -66,15 +65,6 @@ def test_normalise_and_hash(tmp_path: Path) -> None:
     b = write_tone(tmp_path / "b.wav", seed=1)
     c = write_tone(tmp_path / "c.wav", seed=2)
     assert file_hash(a) == file_hash(b) != file_hash(c)
-
-
-def test_frame_energy_db_of_a_known_signal() -> None:
-    wave = np.concatenate([np.zeros(400), np.full(400, 0.1)])
-    db = frame_energy_db(wave, 200, 100)
-    assert db.shape == (7,)
-    assert db[0] < -150  # digital silence
-    np.testing.assert_allclose(db[4:], 20 * np.log10(0.1), atol=1e-6)  # -20 dB
-    np.testing.assert_allclose(db[3], 10 * np.log10(0.5 * 0.01), atol=1e-6)  # half inside
 
 
 def test_trim_silence_cuts_only_the_ends() -> None:
