@@ -171,6 +171,34 @@ def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     return validate_manifest(df, source=str(path))
 
 
+def speaker_emotion_confound(df: pd.DataFrame) -> list[str]:
+    """Reasons to doubt a manifest's speaker field (empty list when there are none).
+
+    One speaker in the whole corpus usually means a reader took a folder name for the speaker
+    (the ``folder`` reader pointed one level too high). When most speakers carry a single
+    emotion, speaker and emotion are confounded: per-speaker normalisation then removes the
+    emotion along with the speaker, and a speaker-independent split has classes missing.
+    """
+    if df.empty:
+        return []
+    speakers = df["speaker"].nunique()
+    if speakers == 1:
+        plural = "s" if len(df) != 1 else ""
+        return [f"only one speaker ({df['speaker'].iloc[0]}) in {len(df)} utterance{plural}: "
+                "is the speaker field right (a folder reader pointed one level too high takes the "
+                "corpus folder for the speaker)? Speaker-independent splits are impossible"]
+    if df["emotion"].nunique() < 2:
+        return []
+    per_speaker = df.groupby("speaker")["emotion"].nunique()
+    single = per_speaker.index[per_speaker == 1]
+    if len(single) * 2 <= speakers:
+        return []
+    examples = ", ".join(str(s) for s in single[:3])
+    return [f"{len(single)} of {speakers} speakers carry a single emotion (e.g. {examples}): "
+            "speaker and emotion are confounded, so per-speaker normalisation would erase the "
+            "emotion; check the speaker field (does it name an emotion folder or a session?)"]
+
+
 def manifest_stats(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Counts per emotion, speaker, language and corpus (for ``emobridge corpora stats``)."""
     out = {}
