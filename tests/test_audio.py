@@ -12,7 +12,7 @@ from emobridge.audio import (
     normalise_level,
     trim_silence,
 )
-from emobridge.errors import AudioError
+from emobridge.errors import AudioError, ConfigError
 from tests.conftest import write_tone
 
 
@@ -54,7 +54,7 @@ def test_crop_or_pad_modes() -> None:
     a = crop_or_pad(x, 4, "random", np.random.default_rng(3))
     b = crop_or_pad(x, 4, "random", np.random.default_rng(3))
     assert a.tolist() == b.tolist() and a[1] - a[0] == 1
-    with pytest.raises(ValueError, match="rng"):
+    with pytest.raises(ConfigError, match="rng"):
         crop_or_pad(x, 4, "random")
 
 
@@ -81,7 +81,7 @@ def test_trim_silence_cuts_only_the_ends() -> None:
     # a threshold wider than the dynamic range keeps everything
     assert trim_silence(wave, sr, top_db=120).size == wave.size
     np.testing.assert_array_equal(trim_silence(speech, sr), speech)
-    with pytest.raises(ValueError, match="top_db"):
+    with pytest.raises(ConfigError, match="top_db"):
         trim_silence(wave, sr, top_db=0)
 
 
@@ -94,5 +94,5 @@ def test_normalise_level_removes_the_gain() -> None:
         assert np.abs(peak).max() == pytest.approx(1.0, rel=1e-5)
     np.testing.assert_array_equal(normalise_level(wave, "none"), wave)
     assert np.all(normalise_level(np.zeros(10, np.float32), "rms") == 0)  # no NaN on silence
-    with pytest.raises(ValueError, match="level mode"):
+    with pytest.raises(ConfigError, match="level mode"):
         normalise_level(wave, "loud")  # type: ignore[arg-type]

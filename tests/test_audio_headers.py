@@ -11,8 +11,15 @@ import pytest
 import soundfile as sf
 
 from emobridge import audio
-from emobridge.audio import audio_info, load_audio, prepare_waveform
-from emobridge.errors import AudioError, EmobridgeError
+from emobridge.audio import (
+    audio_info,
+    crop_or_pad,
+    load_audio,
+    normalise_level,
+    prepare_waveform,
+    trim_silence,
+)
+from emobridge.errors import AudioError, ConfigError, EmobridgeError
 from tests.conftest import voiced_tone, write_tone
 
 
@@ -88,7 +95,7 @@ def test_prepare_waveform_refuses_bad_arrays_and_rates() -> None:
         prepare_waveform(np.stack([wave, wave]), 16_000, source="clip")  # (2, n): transposed
     with pytest.raises(AudioError, match="clip: sample rate 1 Hz"):
         prepare_waveform(wave, 1, source="clip")
-    with pytest.raises(EmobridgeError, match="target: sample rate 0 Hz"):
+    with pytest.raises(ConfigError, match="target sample rate 0 Hz is outside"):
         prepare_waveform(wave, 16_000, 0, source="clip")
     assert prepare_waveform(np.stack([wave, wave], axis=1), 16_000).size == wave.size
 
@@ -104,3 +111,18 @@ def test_scan_reports_an_absurd_header_as_a_problem(tmp_path: Path) -> None:
     assert result.manifest["path"].tolist() == [str(root / "s1" / "angry" / "good.wav")]
     assert [p.path for p in result.problems] == [str(bad)]
     assert "sample rate 1 Hz" in result.problems[0].reason
+
+
+@pytest.mark.parametrize("call", [
+    lambda w: crop_or_pad(w, 0),
+    lambda w: crop_or_pad(w, 4, "middle"),  # type: ignore[arg-type]
+    lambda w: crop_or_pad(w, 4, "random"),
+    lambda w: trim_silence(w, 16_000, top_db=-1),
+    lambda w: normalise_level(w, "loud"),  # type: ignore[arg-type]
+    lambda w: prepare_waveform(w, 16_000, -5),
+])
+def test_bad_settings_raise_config_errors_not_value_errors(call) -> None:
+    # Issue 10 A6: the CLI's handler prints EmobridgeError as one line; ValueError escaped it.
+    with pytest.raises(ConfigError) as info:
+        call(voiced_tone(0.1))
+    assert isinstance(info.value, EmobridgeError) and not isinstance(info.value, ValueError)

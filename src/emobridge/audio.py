@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from emobridge.errors import AudioError
+from emobridge.errors import AudioError, ConfigError
 
 DEFAULT_SAMPLE_RATE_HZ = 16_000
 #: Peak amplitude below which a file counts as silent.
@@ -101,7 +101,8 @@ def prepare_waveform(
     """Turn an array (samples, or samples x channels) into mono float32 at ``target_rate_hz``.
 
     Raises :class:`AudioError` naming ``source`` for an empty, non-finite, silent (unless
-    ``allow_silent``) or oddly shaped array or a sample rate outside the accepted range.
+    ``allow_silent``) or oddly shaped array or a sample rate outside the accepted range, and
+    :class:`ConfigError` for a target rate outside it.
     """
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim == 2:
@@ -119,7 +120,9 @@ def prepare_waveform(
         raise AudioError(f"{source}: audio is silent (peak < {SILENCE_PEAK:g})")
     if target_rate_hz is not None and sample_rate_hz != target_rate_hz:
         _check_rate(sample_rate_hz, source)
-        _check_rate(target_rate_hz, f"{source}: target")
+        if not MIN_SAMPLE_RATE_HZ <= target_rate_hz <= MAX_SAMPLE_RATE_HZ:
+            raise ConfigError(f"target sample rate {target_rate_hz:g} Hz is outside "
+                              f"{MIN_SAMPLE_RATE_HZ}..{MAX_SAMPLE_RATE_HZ} Hz")
         wave = soxr.resample(wave, sample_rate_hz, target_rate_hz, quality="HQ").astype(np.float32)
     return np.ascontiguousarray(wave, dtype=np.float32)
 
@@ -149,7 +152,7 @@ def crop_or_pad(
     reproducibility) or from the start; shorter input is zero-padded at the end.
     """
     if n_samples <= 0:
-        raise ValueError(f"n_samples must be positive, got {n_samples}")
+        raise ConfigError(f"n_samples must be positive, got {n_samples}")
     n = wave.shape[-1]
     if n == n_samples:
         return wave
@@ -160,12 +163,12 @@ def crop_or_pad(
         start = (n - n_samples) // 2
     elif mode == "random":
         if rng is None:
-            raise ValueError("mode='random' needs an rng (numpy Generator) for reproducibility")
+            raise ConfigError("mode='random' needs an rng (numpy Generator) for reproducibility")
         start = int(rng.integers(0, n - n_samples + 1))
     elif mode == "start":
         start = 0
     else:
-        raise ValueError(f"mode must be 'centre', 'random' or 'start', got {mode!r}")
+        raise ConfigError(f"mode must be 'centre', 'random' or 'start', got {mode!r}")
     return wave[..., start : start + n_samples]
 
 
@@ -191,7 +194,7 @@ def trim_silence(
     silence share. A waveform whose frames are all within ``top_db`` comes back unchanged.
     """
     if not top_db > 0:
-        raise ValueError(f"top_db must be > 0, got {top_db}")
+        raise ConfigError(f"top_db must be > 0, got {top_db}")
     # Imported here: librosa takes about a second to import and only trimming needs it.
     import librosa
 
@@ -224,7 +227,7 @@ def normalise_level(wave: np.ndarray, mode: LevelMode = "rms", target_dbfs: floa
     elif mode == "peak":
         level = float(np.max(np.abs(wave))) if wave.size else 0.0
     else:
-        raise ValueError(f"level mode must be 'none', 'rms' or 'peak', got {mode!r}")
+        raise ConfigError(f"level mode must be 'none', 'rms' or 'peak', got {mode!r}")
     gain = 10.0 ** (target_dbfs / 20.0) / max(level, eps)
     return (wave * gain).astype(np.float32)
 
