@@ -100,3 +100,16 @@ def test_empty_speaker_id_and_literal_nan_are_refused() -> None:
     rows[1]["speaker"] = "nan"  # what pandas 2 made of a missing speaker
     with pytest.raises(CorpusError, match=r"combined: column 'speaker' .* in 2 rows \(rows 1, 2\)"):
         validate_manifest(pd.DataFrame(rows), "combined")
+
+
+def test_message_shows_values_plainly_and_all_faults_at_once() -> None:
+    df = pd.DataFrame(_rows())
+    df.loc[2, "duration_s"] = np.inf
+    df.loc[3, "duration_s"] = -1.0
+    df.loc[1, "path"] = df.loc[0, "path"]
+    with pytest.raises(CorpusError) as info:
+        validate_manifest(df, "m.csv")
+    assert str(info.value) == (
+        "m.csv: column 'duration_s' is not a finite number > 0 in 2 rows (rows 3 (inf), "
+        "4 (-1.0)); column 'path' lists the same file more than once in 2 rows "
+        "(rows 1 ('/data/u0.wav'), 2 ('/data/u0.wav'))")

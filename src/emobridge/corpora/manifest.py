@@ -53,10 +53,15 @@ def make_manifest(rows: Iterable[dict]) -> pd.DataFrame:
     return validate_manifest(df)
 
 
+def _show(value: object) -> str:
+    """A cell for a message: strings quoted, numbers plain (``inf``, not ``np.float64(inf)``)."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def _describe_rows(mask: np.ndarray, values: pd.Series | None = None) -> str:
     """``"3 rows (rows 2, 5, 9)"``: the count and the first few 1-based row numbers."""
     rows = np.flatnonzero(mask)
-    shown = [str(r + 1) if values is None else f"{r + 1} ({values.iloc[r]!r})"
+    shown = [str(r + 1) if values is None else f"{r + 1} ({_show(values.iloc[r])})"
              for r in rows[:_ROWS_SHOWN]]
     more = ", ..." if rows.size > _ROWS_SHOWN else ""
     noun = "row" if rows.size == 1 else "rows"
