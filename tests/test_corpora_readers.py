@@ -134,6 +134,26 @@ CASES: dict[str, tuple[str, dict, dict]] = {
         "Sound Source/Happy/1358_zz_cay.wav": ("tone", "unknown TurEV-DB emotion code 'zz'"),
         "Sound Source/Happy/1358_kz_cay.wav": ("tone", "disagrees with the folder Happy"),
     }),
+    "ased": ("am", {
+        "05Angry/a5-03-01-02-50.wav": ("50", "anger", "m", {}),
+        "04Sad/S4-04-02-01-29.wav": ("29", "sadness", "f", STEREO),  # upper-case letter
+        "02Fearful/f2-01-01-01-05.wav": ("05", "fear", "f", {}),
+    }, {
+        "03Happy/h3-01-01-03-05.wav": ("tone", "unknown ASED gender code '03'"),
+        "03Happy/a5-01-01-01-05.wav": ("tone", "disagrees with the folder 03Happy"),
+        "01Neutral/n2-01-01-01-05.wav": ("tone", "goes with folder number 1, not 2"),
+        "01Neutral/x1-01-01-01-05.wav": ("tone", "unknown ASED emotion code 'x'"),
+    }),
+    "emotiontts": ("ko", {
+        "plain-to-emotional/ema/wav/ema00001.wav": ("A", "neutral", "f", {}),
+        "emotional-to-emotional/nea/wav/nea00203.wav": ("A", "sadness", "f", {}),
+        "emotional-to-emotional/nek/wav/nek00301.wav": ("K", "anger", "m", RATE_44K),
+    }, {
+        "emotional-to-emotional/nek/wav/nek00401.wav": ("tone", "outside the emotiontts blocks"),
+        "emotional-to-emotional/nez/wav/nez00001.wav": ("tone", "unknown emotiontts voice"),
+        "emotional-to-emotional/neb/wav/nec00001.wav": ("tone", "the file is in neb/"),
+        "emotional-to-emotional/emf/wav/emf00001.wav": ("tone", "plain-script voice in"),
+    }),
 }
 
 
@@ -211,7 +231,8 @@ def test_every_reader_declares_its_contract() -> None:
         assert cls.name == name
         assert cls.description
         if name not in ("folder", "table"):  # language is an option / per row there
-            assert cls.language in {"de", "en", "it", "fa", "ur", "fr", "el", "bn", "tr", "zh"}
+            assert cls.language in {"de", "en", "it", "fa", "ur", "fr", "el", "bn", "tr", "zh",
+                                    "am", "ko"}
 
 
 def test_missing_root_is_a_clear_error(tmp_path: Path) -> None:

@@ -17,11 +17,49 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from emobridge.errors import AudioError
+from emobridge.errors import AudioError, ConfigError
 
 DEFAULT_SAMPLE_RATE_HZ = 16_000
 #: Peak amplitude below which a file counts as silent.
 SILENCE_PEAK = 1e-5
+#: Sample rates accepted from a file header or for a waveform (Hz). Outside this range a
+#: header is absurd: 1 Hz audio resampled to 16 kHz grows 16,000-fold in memory.
+MIN_SAMPLE_RATE_HZ = 1_000
+MAX_SAMPLE_RATE_HZ = 384_000
+#: Most channels accepted (a larger count is a corrupt header or a transposed array).
+MAX_CHANNELS = 64
+#: Longest audio accepted by default, in seconds (3 hours; an emotion corpus's utterances
+#: last seconds). :func:`load_audio` and :func:`audio_info` take ``max_duration_s`` to override.
+MAX_DURATION_S = 3 * 3600.0
+
+
+def _read_info(path: Path) -> sf._SoundFileInfo:
+    try:
+        return sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"{path}: cannot read audio header ({exc})") from None
+
+
+def _check_rate(rate: float, source: str) -> None:
+    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
+        raise AudioError(f"{source}: sample rate {rate:g} Hz is outside "
+                         f"{MIN_SAMPLE_RATE_HZ}..{MAX_SAMPLE_RATE_HZ} Hz")
+
+
+def _check_header(path: Path, info: sf._SoundFileInfo, max_duration_s: float | None) -> float:
+    """Refuse absurd headers before anything is decoded; return the duration in seconds."""
+    _check_rate(info.samplerate, str(path))
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise AudioError(f"{path}: {info.channels} channels in the header "
+                         f"(at most {MAX_CHANNELS} accepted)")
+    if info.frames <= 0:
+        raise AudioError(f"{path}: audio is empty (0 samples)")
+    limit = MAX_DURATION_S if max_duration_s is None else max_duration_s
+    duration_s = info.frames / info.samplerate
+    if duration_s > limit:
+        raise AudioError(f"{path}: duration {duration_s:.1f} s is longer than the limit of "
+                         f"{limit:g} s (max_duration_s)")
+    return duration_s
 
 
 def load_audio(
@@ -29,16 +67,23 @@ def load_audio(
     sample_rate_hz: int | None = DEFAULT_SAMPLE_RATE_HZ,
     *,
     allow_silent: bool = False,
+    max_duration_s: float | None = None,
 ) -> np.ndarray:
     """Load ``path`` as a mono float32 waveform at ``sample_rate_hz``.
 
-    Channels are averaged. ``sample_rate_hz=None`` keeps the file's rate. Raises
-    :class:`AudioError` naming the file when it cannot be decoded, holds no samples, or
-    (unless ``allow_silent``) is silent.
+    Channels are averaged. ``sample_rate_hz=None`` keeps the file's rate. The header is
+    checked first (sample rate within :data:`MIN_SAMPLE_RATE_HZ`..:data:`MAX_SAMPLE_RATE_HZ`,
+    1..:data:`MAX_CHANNELS` channels, at least one frame, at most ``max_duration_s`` seconds,
+    default :data:`MAX_DURATION_S`), so an absurd header costs no decoding or resampling.
+    Raises :class:`AudioError` naming the file when a check fails, the file cannot be
+    decoded, holds NaN or infinite samples, or (unless ``allow_silent``) is silent.
     """
     path = Path(path)
+    info = _read_info(path)
+    _check_header(path, info, max_duration_s)
     try:
-        wave, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        wave, file_rate = sf.read(str(path), frames=info.frames, dtype="float32",
+                                  always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: cannot decode audio ({exc})") from None
     return prepare_waveform(wave, file_rate, sample_rate_hz, source=str(path),
@@ -53,9 +98,17 @@ def prepare_waveform(
     source: str = "waveform",
     allow_silent: bool = False,
 ) -> np.ndarray:
-    """Turn an array (samples, or samples x channels) into mono float32 at ``target_rate_hz``."""
+    """Turn an array (samples, or samples x channels) into mono float32 at ``target_rate_hz``.
+
+    Raises :class:`AudioError` naming ``source`` for an empty, non-finite, silent (unless
+    ``allow_silent``) or oddly shaped array or a sample rate outside the accepted range, and
+    :class:`ConfigError` for a target rate outside it.
+    """
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim == 2:
+        if wave.shape[1] > MAX_CHANNELS:
+            raise AudioError(f"{source}: {wave.shape[1]} channels (at most {MAX_CHANNELS}; "
+                             f"expected samples x channels, got shape {wave.shape})")
         wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     elif wave.ndim != 1:
         raise AudioError(f"{source}: expected 1-D or 2-D audio, got shape {wave.shape}")
@@ -66,21 +119,25 @@ def prepare_waveform(
     if not allow_silent and float(np.max(np.abs(wave))) < SILENCE_PEAK:
         raise AudioError(f"{source}: audio is silent (peak < {SILENCE_PEAK:g})")
     if target_rate_hz is not None and sample_rate_hz != target_rate_hz:
-        if sample_rate_hz <= 0:
-            raise AudioError(f"{source}: invalid sample rate {sample_rate_hz}")
+        _check_rate(sample_rate_hz, source)
+        if not MIN_SAMPLE_RATE_HZ <= target_rate_hz <= MAX_SAMPLE_RATE_HZ:
+            raise ConfigError(f"target sample rate {target_rate_hz:g} Hz is outside "
+                              f"{MIN_SAMPLE_RATE_HZ}..{MAX_SAMPLE_RATE_HZ} Hz")
         wave = soxr.resample(wave, sample_rate_hz, target_rate_hz, quality="HQ").astype(np.float32)
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
-def audio_info(path: str | os.PathLike[str]) -> tuple[float, int]:
-    """Return ``(duration_s, sample_rate_hz)`` from the header, without decoding samples."""
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"{path}: cannot read audio header ({exc})") from None
-    if info.frames <= 0:
-        raise AudioError(f"{path}: audio is empty (0 samples)")
-    return info.frames / info.samplerate, int(info.samplerate)
+def audio_info(path: str | os.PathLike[str],
+               max_duration_s: float | None = None) -> tuple[float, int]:
+    """Return ``(duration_s, sample_rate_hz)`` from the header, without decoding samples.
+
+    The header passes the same checks as in :func:`load_audio` (:class:`AudioError` naming
+    the file otherwise), so a corpus scan reports absurd files as problems.
+    """
+    path = Path(path)
+    info = _read_info(path)
+    duration_s = _check_header(path, info, max_duration_s)
+    return duration_s, int(info.samplerate)
 
 
 def crop_or_pad(
@@ -95,7 +152,7 @@ def crop_or_pad(
     reproducibility) or from the start; shorter input is zero-padded at the end.
     """
     if n_samples <= 0:
-        raise ValueError(f"n_samples must be positive, got {n_samples}")
+        raise ConfigError(f"n_samples must be positive, got {n_samples}")
     n = wave.shape[-1]
     if n == n_samples:
         return wave
@@ -106,12 +163,12 @@ def crop_or_pad(
         start = (n - n_samples) // 2
     elif mode == "random":
         if rng is None:
-            raise ValueError("mode='random' needs an rng (numpy Generator) for reproducibility")
+            raise ConfigError("mode='random' needs an rng (numpy Generator) for reproducibility")
         start = int(rng.integers(0, n - n_samples + 1))
     elif mode == "start":
         start = 0
     else:
-        raise ValueError(f"mode must be 'centre', 'random' or 'start', got {mode!r}")
+        raise ConfigError(f"mode must be 'centre', 'random' or 'start', got {mode!r}")
     return wave[..., start : start + n_samples]
 
 
@@ -119,25 +176,6 @@ def normalise(wave: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     """Per-utterance mean-variance normalisation (zero mean, unit variance)."""
     wave = wave.astype(np.float32, copy=False)
     return ((wave - wave.mean()) / (wave.std() + eps)).astype(np.float32)
-
-
-def frame_energy_db(wave: np.ndarray, frame_length_samples: int, hop_length_samples: int
-                    ) -> np.ndarray:
-    """Mean power of each frame in dB (``10 log10``), frames of ``frame_length_samples`` every
-    ``hop_length_samples`` (the last frame may be partial; a waveform shorter than one frame is
-    one frame)."""
-    if frame_length_samples <= 0 or hop_length_samples <= 0:
-        raise ValueError(f"frame and hop lengths must be positive, got {frame_length_samples}, "
-                         f"{hop_length_samples}")
-    wave = np.asarray(wave, dtype=np.float64)
-    n_frames = max(1, 1 + int(np.ceil((wave.size - frame_length_samples) / hop_length_samples)))
-    power = np.square(wave)
-    # Cumulative sum gives every frame's energy in O(n) without a strided copy.
-    csum = np.concatenate([[0.0], np.cumsum(power)])
-    starts = np.arange(n_frames) * hop_length_samples
-    ends = np.minimum(starts + frame_length_samples, wave.size)
-    mean_power = (csum[ends] - csum[starts]) / np.maximum(ends - starts, 1)
-    return 10.0 * np.log10(np.maximum(mean_power, 1e-20))
 
 
 def trim_silence(
@@ -149,21 +187,22 @@ def trim_silence(
 ) -> np.ndarray:
     """Cut leading and trailing frames more than ``top_db`` dB below the loudest frame.
 
-    Only the ends are cut (pauses inside the utterance stay), like ``librosa.effects.trim``
-    but with speech-sized frames (25 ms every 10 ms) and a tighter default threshold:
+    Only the ends are cut (pauses inside the utterance stay): ``librosa.effects.trim`` with
+    speech-sized frames (25 ms every 10 ms) and a tighter default threshold than librosa's:
     acted-emotion corpora differ a lot in how much silence surrounds each utterance (RAVDESS
     about half of every file, EMO-DB little), and frame-level models otherwise learn the
     silence share. A waveform whose frames are all within ``top_db`` comes back unchanged.
     """
     if not top_db > 0:
-        raise ValueError(f"top_db must be > 0, got {top_db}")
+        raise ConfigError(f"top_db must be > 0, got {top_db}")
+    # Imported here: librosa takes about a second to import and only trimming needs it.
+    import librosa
+
     frame = max(1, int(round(frame_length_s * sample_rate_hz)))
     hop = max(1, int(round(hop_length_s * sample_rate_hz)))
-    energy = frame_energy_db(wave, frame, hop)
-    loud = np.flatnonzero(energy > energy.max() - top_db)
-    start = int(loud[0]) * hop
-    end = min(wave.shape[-1], int(loud[-1]) * hop + frame)
-    return wave[..., start:end]
+    _, (start, end) = librosa.effects.trim(np.asarray(wave), top_db=top_db,
+                                           frame_length=frame, hop_length=hop)
+    return wave[..., int(start):int(end)]
 
 
 LevelMode = Literal["none", "rms", "peak"]
@@ -188,7 +227,7 @@ def normalise_level(wave: np.ndarray, mode: LevelMode = "rms", target_dbfs: floa
     elif mode == "peak":
         level = float(np.max(np.abs(wave))) if wave.size else 0.0
     else:
-        raise ValueError(f"level mode must be 'none', 'rms' or 'peak', got {mode!r}")
+        raise ConfigError(f"level mode must be 'none', 'rms' or 'peak', got {mode!r}")
     gain = 10.0 ** (target_dbfs / 20.0) / max(level, eps)
     return (wave * gain).astype(np.float32)
 
@@ -199,12 +238,4 @@ def file_hash(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
     with open(path, "rb") as fh:
         while chunk := fh.read(chunk_bytes):
             h.update(chunk)
-    return h.hexdigest()
-
-
-def waveform_hash(wave: np.ndarray, sample_rate_hz: int) -> str:
-    """Digest of an in-memory waveform (for audio that never was a file)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str(sample_rate_hz).encode())
-    h.update(np.ascontiguousarray(wave, dtype=np.float32).tobytes())
     return h.hexdigest()

@@ -174,42 +174,22 @@ def _formant_filter(signal: np.ndarray, formants_hz: Sequence[float],
     return out
 
 
-def synthesize_utterance(
-    voice: Voice,
-    emotion: str,
-    rng: np.random.Generator,
-    sample_rate_hz: int = 16_000,
-    n_syllables: int | None = None,
-) -> np.ndarray:
-    """One utterance of ``voice`` speaking with ``emotion``, float32 in [-1, 1].
-
-    Random per-utterance perturbations (about 5-10 % of each prosodic parameter) come from
-    ``rng``; the number of syllables is drawn from 4-7 unless given.
-    """
-    p = EMOTION_PROSODY[emotion]
-    vowels = language_vowels(voice.language)
-    tilt = LANGUAGE_TILT.get(voice.language, 0.3)
-    n_syl = int(n_syllables or rng.integers(4, 8))
-    rate = p.syllable_rate_hz * voice.rate_scale * rng.normal(1.0, 0.07)
-    syl_s = 1.0 / max(rate, 1.0)
-    voiced_share = 0.7
-    lead_s = 0.08
-    total_s = 2 * lead_s + n_syl * syl_s
-    n_total = int(total_s * sample_rate_hz)
-
-    # Pitch contour (semitones around the mean): declination plus one accent per syllable.
-    f0_mean = voice.base_f0_hz * p.f0_scale * rng.normal(1.0, 0.05)
-    f0_range = p.f0_range_st * rng.normal(1.0, 0.12)
-    t = np.arange(n_total) / sample_rate_hz
+def _pitch_track(t: np.ndarray, f0_mean: float, f0_range: float, n_syl: int, syl_s: float,
+                 lead_s: float, rng: np.random.Generator) -> np.ndarray:
+    """F0 in Hz per sample: declination plus one accent per syllable (semitones)."""
     x = np.clip((t - lead_s) / (n_syl * syl_s), 0.0, 1.0)
     contour = f0_range * (0.25 - 0.5 * x)
     accents = rng.uniform(-0.5, 0.5, n_syl) * f0_range
     for i, a in enumerate(accents):
         centre = lead_s + (i + 0.5) * syl_s
         contour += a * np.exp(-0.5 * ((t - centre) / (0.25 * syl_s)) ** 2)
-    f0_track = f0_mean * 2.0 ** (contour / 12.0)
+    return f0_mean * 2.0 ** (contour / 12.0)
 
-    # Glottal pulse train, period by period so jitter and shimmer are cycle-to-cycle.
+
+def _glottal_excitation(f0_track: np.ndarray, p: EmotionProsody, sample_rate_hz: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Glottal pulse train, period by period so jitter and shimmer are cycle-to-cycle."""
+    n_total = f0_track.size
     flow = np.zeros(n_total + sample_rate_hz // 40)
     pos = 0.0
     cq = float(np.clip(p.closing_quotient * rng.normal(1.0, 0.08), 0.04, 0.4))
@@ -222,10 +202,17 @@ def synthesize_utterance(
         pos += period
     excitation = np.diff(flow[: n_total + 1])  # lip radiation: differentiate the flow
     excitation /= np.max(np.abs(excitation)) + 1e-12
-    excitation += p.breathiness * rng.standard_normal(n_total)
+    return excitation + p.breathiness * rng.standard_normal(n_total)
 
-    # Syllables: a vowel per syllable, formants scaled by the speaker's vocal tract,
-    # raised-cosine on / off ramps (the amplitude modulation at the syllable rate).
+
+def _articulate(excitation: np.ndarray, voice: Voice, n_syl: int, syl_s: float, lead_s: float,
+                sample_rate_hz: int, rng: np.random.Generator) -> np.ndarray:
+    """Syllables: a vowel per syllable, formants scaled by the speaker's vocal tract,
+    raised-cosine on / off ramps (the amplitude modulation at the syllable rate)."""
+    vowels = language_vowels(voice.language)
+    tilt = LANGUAGE_TILT.get(voice.language, 0.3)
+    voiced_share = 0.7
+    n_total = excitation.size
     out = np.zeros(n_total)
     for i in range(n_syl):
         start = int((lead_s + i * syl_s) * sample_rate_hz)
@@ -240,6 +227,34 @@ def synthesize_utterance(
         ramp = np.sin(np.pi * np.arange(stop - start) / (stop - start)) ** 0.6
         gain = rng.normal(1.0, 0.15)
         out[start:stop] += segment * ramp * gain
+    return out
+
+
+def synthesize_utterance(
+    voice: Voice,
+    emotion: str,
+    rng: np.random.Generator,
+    sample_rate_hz: int = 16_000,
+    n_syllables: int | None = None,
+) -> np.ndarray:
+    """One utterance of ``voice`` speaking with ``emotion``, float32 in [-1, 1].
+
+    Random per-utterance perturbations (about 5-10 % of each prosodic parameter) come from
+    ``rng``; the number of syllables is drawn from 4-7 unless given.
+    """
+    p = EMOTION_PROSODY[emotion]
+    n_syl = int(n_syllables or rng.integers(4, 8))
+    rate = p.syllable_rate_hz * voice.rate_scale * rng.normal(1.0, 0.07)
+    syl_s = 1.0 / max(rate, 1.0)
+    lead_s = 0.08
+    n_total = int((2 * lead_s + n_syl * syl_s) * sample_rate_hz)
+
+    f0_mean = voice.base_f0_hz * p.f0_scale * rng.normal(1.0, 0.05)
+    f0_range = p.f0_range_st * rng.normal(1.0, 0.12)
+    t = np.arange(n_total) / sample_rate_hz
+    f0_track = _pitch_track(t, f0_mean, f0_range, n_syl, syl_s, lead_s, rng)
+    excitation = _glottal_excitation(f0_track, p, sample_rate_hz, rng)
+    out = _articulate(excitation, voice, n_syl, syl_s, lead_s, sample_rate_hz, rng)
 
     voiced = out[np.abs(out) > 0]
     rms = float(np.sqrt(np.mean(voiced**2))) if voiced.size else 1.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,8 +27,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from emobridge.audio import audio_info
-from emobridge.corpora.manifest import make_manifest
-from emobridge.errors import AudioError, ConfigError, CorpusError, LabelError
+from emobridge.corpora.manifest import make_manifest, speaker_emotion_confound
+from emobridge.errors import (
+    AudioError,
+    ConfigError,
+    CorpusError,
+    EmobridgeWarning,
+    LabelError,
+)
 from emobridge.registry import Registry
 
 #: Extensions treated as audio. libsndfile decides the real format from the header.
@@ -128,7 +135,10 @@ class CorpusReader(ABC):
     def scan(self, strict: bool = False, progress: bool = False) -> ScanResult:
         """Walk the corpus and build its manifest.
 
-        ``strict=True`` raises on the first problem instead of collecting it.
+        ``strict=True`` raises on the first problem instead of collecting it. A manifest
+        whose speaker field looks wrong (one speaker, or most speakers with a single emotion:
+        :func:`~emobridge.corpora.manifest.speaker_emotion_confound`) gives an
+        :class:`~emobridge.errors.EmobridgeWarning`.
         """
         rows: list[dict] = []
         problems: list[ScanProblem] = []
@@ -164,7 +174,10 @@ class CorpusReader(ABC):
                 "sample_rate": rate,
                 **utt.extra,
             })
-        return ScanResult(make_manifest(rows), problems, n_ignored, dict(skipped))
+        manifest = make_manifest(rows)
+        for reason in speaker_emotion_confound(manifest):
+            warnings.warn(f"{self.name} ({self.root}): {reason}", EmobridgeWarning, stacklevel=2)
+        return ScanResult(manifest, problems, n_ignored, dict(skipped))
 
 
 _READERS: Registry[type[CorpusReader]] = Registry("corpus reader", "emobridge.corpora.readers")

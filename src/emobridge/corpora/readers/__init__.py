@@ -7,9 +7,11 @@ file naming), plus two generic readers: ``folder`` (one sub-folder per emotion) 
 
 from emobridge.corpora.readers import (  # noqa: F401
     aesdd,
+    ased,
     cafe,
     cremad,
     emodb,
+    emotiontts,
     emovo,
     esd,
     folder,
