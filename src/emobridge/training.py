@@ -26,8 +26,9 @@ Checkpoints (``TrainConfig.checkpoint_dir``)
     ``last.pt`` after every epoch: model, optimizer, scheduler, RNG states, epoch, best score
     and weights, early-stopping counter, history and the task's own state
     (:meth:`TrainingTask.training_state`). ``best.pt``: the weights of the best validation
-    epoch. Both are written atomically. They are pickles (``torch.load(weights_only=False)``):
-    load only checkpoints you wrote.
+    epoch. Both are written atomically and hold only tensors and plain values (RNG states
+    included), so they are read with ``torch.load(weights_only=True)``: a planted file
+    cannot run code.
 
 Validation and early stopping
     With validation data, after each epoch :meth:`TrainingTask.validate` computes ``val_ua``
@@ -41,6 +42,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import pickle
 import random
 import time
 import warnings
@@ -815,27 +817,20 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------
     def _save_last(self, path: Path, model, optimizer, scheduler, task, state) -> None:
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(),
-               "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         _atomic_torch_save({
             "format": CHECKPOINT_FORMAT,
             "config": self.config._fingerprint(),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng,
-            "task": task.training_state(),
-            "state": {k: v for k, v in vars(state).items() if k != "best_model"},
+            "rng": rng_state(),
+            "task": _plain(task.training_state()),
+            "state": _plain({k: v for k, v in vars(state).items() if k != "best_model"}),
             "best_model": state.best_model,
         }, path)
 
     def _load_last(self, path: Path, model, optimizer, scheduler, task) -> _RunState:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # a truncated or foreign file
-            raise EmobridgeError(f"cannot read checkpoint {path}: {exc}") from None
+        ckpt = load_checkpoint(path)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise EmobridgeError(f"{path} is not an emobridge training checkpoint")
         mine = self.config._fingerprint()
@@ -852,12 +847,7 @@ class Trainer:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt["scheduler"] is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
-        rng = ckpt["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(ckpt["rng"])
         task.load_training_state(ckpt["task"])
         state = _RunState(**ckpt["state"])
         state.best_model = ckpt["best_model"]
@@ -882,6 +872,62 @@ class _RunState:
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors, numbers, strings,
+    lists, tuples and dicts only, so a planted file cannot run code. Anything else (a pickled
+    object, a truncated or foreign file) raises :class:`EmobridgeError` naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise EmobridgeError(f"refusing checkpoint {path}: it holds Python objects beyond "
+                             "tensors and plain values (loading it could run code)") from None
+    except Exception as exc:  # a truncated or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EmobridgeError(f"cannot read checkpoint {path}: {first}") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of Python's, numpy's and torch's global RNGs as tensors and plain values
+    (loadable with ``weights_only=True``)."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(w) for w in py["state"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy arrays as tensors and numpy scalars as Python numbers, so it
+    survives ``torch.load(weights_only=True)``."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
