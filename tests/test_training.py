@@ -12,6 +12,7 @@ from torch import nn
 from emobridge.errors import ConfigError, EmobridgeError
 from emobridge.methods.data import UNLABELLED, EmotionData
 from emobridge.models import MLPHead
+from emobridge.runtime import torch_device
 from emobridge.training import (
     EpochContext,
     TrainConfig,
@@ -19,7 +20,6 @@ from emobridge.training import (
     TrainingTask,
     collate,
     iterate_batches,
-    resolve_device,
 )
 
 torch.set_num_threads(1)
@@ -264,8 +264,8 @@ def test_config_and_input_errors():
     with pytest.raises(ConfigError, match="CUDA"):
         if torch.cuda.is_available():
             raise ConfigError("CUDA present: nothing to check")
-        resolve_device("cuda")
-    assert resolve_device("auto").type in ("cpu", "cuda")
+        torch_device("cuda")
+    assert torch_device("auto").type in ("cpu", "cuda")
     trainer = Trainer(TrainConfig(epochs=1, device="cpu"))
     with pytest.raises(EmobridgeError, match="'loss'"):
         trainer.fit(TinyNet(), lambda b, c: {"ce": torch.tensor(1.0)}, {"source": blobs()})

@@ -16,11 +16,11 @@ Epochs and streams
     out, so every step sees a batch from each.
 
 Determinism
-    :func:`seed_everything` seeds ``random``, numpy and torch; shuffling and cropping in epoch
-    ``e`` use ``numpy.random.default_rng([seed, e])`` (also :attr:`EpochContext.rng`, for tasks
-    that draw numbers, e.g. mixup), so they do not depend on what ran before; torch's RNG
-    (dropout) is saved in every checkpoint. A resumed run therefore ends with the same weights
-    as an uninterrupted one.
+    :func:`emobridge.runtime.seed_everything` seeds ``random``, numpy and torch; shuffling
+    and cropping in epoch ``e`` use ``numpy.random.default_rng([seed, e])`` (also
+    :attr:`EpochContext.rng`, for tasks that draw numbers, e.g. mixup), so they do not
+    depend on what ran before; torch's RNG (dropout) is saved in every checkpoint. A resumed
+    run therefore ends with the same weights as an uninterrupted one.
 
 Checkpoints (``TrainConfig.checkpoint_dir``)
     ``last.pt`` after every epoch: model, optimizer, scheduler, RNG states, epoch, best score
@@ -39,7 +39,6 @@ Validation and early stopping
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
 import pickle
@@ -57,6 +56,8 @@ from torch import nn
 
 from emobridge.errors import ConfigError, EmobridgeError
 from emobridge.fileio import atomic_open, atomic_path
+from emobridge.metrics import unweighted_average_recall, weighted_accuracy
+from emobridge.runtime import seed_everything, torch_device
 
 if TYPE_CHECKING:
     from emobridge.methods.data import EmotionData
@@ -76,10 +77,7 @@ __all__ = [
     "TrainingTask",
     "collate",
     "iterate_batches",
-    "resolve_device",
-    "seed_everything",
     "set_trainable",
-    "unweighted_average_recall",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -87,69 +85,10 @@ CHECKPOINT_FORMAT = 1
 
 # ----------------------------------------------------------------------------- utilities
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as
-    given. Asking for CUDA without a GPU raises :class:`~emobridge.errors.ConfigError`."""
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed ``random``, numpy's global RNG and torch (CPU and CUDA).
-
-    ``deterministic`` also asks cuDNN for deterministic kernels and turns off its autotuner;
-    on CUDA it enables ``torch.use_deterministic_algorithms(warn_only=True)`` (ops without a
-    deterministic kernel warn instead of failing).
-    """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        if torch.cuda.is_available():
-            import os
-
-            # cuBLAS needs a fixed workspace for reproducible matmuls.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def set_trainable(module: nn.Module, trainable: bool) -> None:
     """Freeze (``False``) or unfreeze every parameter of ``module``."""
     for p in module.parameters():
         p.requires_grad_(trainable)
-
-
-def unweighted_average_recall(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
-    """UA (mean per-class recall over classes present in ``y_true``).
-
-    Uses :func:`emobridge.metrics.unweighted_average_recall` when that module exists, else
-    scikit-learn's ``balanced_accuracy_score``.
-    """
-    try:
-        from emobridge.metrics import unweighted_average_recall as _ua
-    except ImportError:
-        _ua = None
-    if _ua is not None:
-        return float(_ua(np.asarray(y_true), np.asarray(y_pred)))
-    from sklearn.metrics import balanced_accuracy_score
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
-        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 # ----------------------------------------------------------------------------- batches
@@ -315,7 +254,8 @@ class TrainConfig:
     seed:
         Seeds everything (see the module docstring).
     deterministic:
-        Ask for deterministic kernels where cheap (see :func:`seed_everything`).
+        Ask for deterministic kernels where cheap (see
+        :func:`emobridge.runtime.seed_everything`).
     crop_frames:
         Random crop of training utterances to this many frames (``None``: whole). Validation
         and prediction always see whole utterances.
@@ -546,7 +486,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray,
     pred = logits_t.argmax(dim=1).numpy()
     loss = float(nn.functional.cross_entropy(logits_t, torch.as_tensor(y)).item())
     return {f"{prefix}ua": unweighted_average_recall(y, pred),
-            f"{prefix}wa": float((pred == y).mean()),
+            f"{prefix}wa": weighted_accuracy(y, pred),
             f"{prefix}loss": loss}
 
 
@@ -578,7 +518,7 @@ class Trainer:
         if overrides:
             config = TrainConfig.from_dict({**asdict(config), **overrides})
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = torch_device(config.device)
 
     # -- inference ---------------------------------------------------------------------
     @torch.no_grad()
@@ -941,7 +881,3 @@ def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) ->
         for record in history:
             writer.writerow(record)
 
-
-def clone_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of ``module.state_dict()``."""
-    return {k: v.detach().cpu().clone() for k, v in copy.copy(module.state_dict()).items()}

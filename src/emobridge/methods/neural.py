@@ -53,6 +53,7 @@ from emobridge.fileio import atomic_path, write_json_atomic
 from emobridge.methods.base import AdaptationMethod, available_methods
 from emobridge.methods.data import UNLABELLED, EmotionData
 from emobridge.models import EmotionClassifier, build_backbone, resolve_backbone
+from emobridge.runtime import seed_everything
 from emobridge.training import (
     Batch,
     EpochContext,
@@ -60,7 +61,6 @@ from emobridge.training import (
     Trainer,
     TrainingTask,
     TrainResult,
-    seed_everything,
 )
 
 Normalise = Literal["global", "per_corpus", "per_speaker", "none"]

@@ -134,6 +134,7 @@ from emobridge.models.memory import (
     pseudo_multilabel_loss,
     pseudo_multilabels,
 )
+from emobridge.runtime import seed_everything
 from emobridge.training import (
     Batch,
     EpochContext,
@@ -141,7 +142,6 @@ from emobridge.training import (
     TrainConfig,
     Trainer,
     TrainResult,
-    seed_everything,
     set_trainable,
 )
 

@@ -212,7 +212,7 @@ class PseudoLabel(NeuralMethod):
             return int(self.crop_frames)
         if self.crop_s is None:
             return None
-        rate = self.frame_rate_hz or getattr(source, "frame_rate_hz", None)
+        rate = self.frame_rate_hz
         if rate is None:
             raise ConfigError(
                 f"pseudo_label: crop_s={self.crop_s} needs the frame rate of the features: "
@@ -366,12 +366,9 @@ class PseudoLabel(NeuralMethod):
             return {"loss": ce, "ce": ce.detach()}
         if self.mixup and len(batch) > 1:
             x, targets, mask, _ = ops.mixup(x, targets, ctx.rng, mask=mask)
-        logits = ctx.model(x, mask)
-        ce = ops.soft_cross_entropy(logits, targets, weight)
-        r_a = ops.prior_regulariser(logits)
-        r_h = ops.entropy_regulariser(logits)
-        loss = ce + float(self.lambda_a) * r_a + float(self.lambda_h) * r_h
-        return {"loss": loss, "ce": ce.detach(), "r_a": r_a.detach(), "r_h": r_h.detach()}
+        losses = ops.semi_supervised_loss(ctx.model(x, mask), targets, float(self.lambda_a),
+                                          float(self.lambda_h), weight)
+        return {k: v if k == "loss" else v.detach() for k, v in losses.items()}
 
     def validate(self, model: nn.Module, data: EmotionData, ctx: EpochContext
                  ) -> dict[str, float]:
