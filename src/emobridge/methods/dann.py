@@ -16,6 +16,7 @@ from emobridge.errors import EmobridgeError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
 from emobridge.methods.neural import NeuralMethod
+from emobridge.methods.phases import FitData
 from emobridge.models.layers import GradientReversal, dann_lambda
 from emobridge.training import Batch, EpochContext
 
@@ -50,17 +51,13 @@ class DANN(NeuralMethod):
         self.domain_hidden = domain_hidden
         self.schedule_gamma = schedule_gamma
 
-    def fit(self, source: EmotionData, target_unlabelled: EmotionData | None = None,
-            target_labelled: EmotionData | None = None,
-            validation: EmotionData | None = None) -> DANN:
-        if (target_unlabelled is None or not len(target_unlabelled)) and (
-                target_labelled is None or not len(target_labelled)):
+    def select_data(self, data: FitData) -> FitData:
+        if data.target is None:
             raise EmobridgeError("dann: needs target data (target_unlabelled) to align with")
-        super().fit(source, target_unlabelled, target_labelled, validation)
-        return self
+        return data
 
-    def _build_model(self) -> nn.Module:
-        model = super()._build_model()
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
         dim = model.embedding_dim
         model.grl = GradientReversal(0.0)
         model.domain_classifier = nn.Sequential(
@@ -68,13 +65,9 @@ class DANN(NeuralMethod):
             nn.Linear(self.domain_hidden, 2))
         return model
 
-    def _training_streams(self, source: EmotionData, target_unlabelled: EmotionData | None,
-                          target_labelled: EmotionData | None) -> dict[str, EmotionData]:
-        streams = {"source": source}
-        parts = [d for d in (target_unlabelled, target_labelled) if d is not None]
+    def training_streams(self, data: FitData) -> dict[str, EmotionData]:
         # Labelled target rows (few-shot) keep their labels: they also feed the classifier.
-        streams["target"] = EmotionData.concat(parts)
-        return streams
+        return {"source": data.source, "target": data.target}
 
     def lambda_at(self, progress: float) -> float:
         """Reversal strength at training progress ``progress`` in [0, 1]."""

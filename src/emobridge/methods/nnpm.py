@@ -113,8 +113,7 @@ model_.memory:
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -124,8 +123,8 @@ from torch import nn
 from emobridge.errors import ConfigError, EmobridgeError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import FeatureNormaliser, NeuralMethod
-from emobridge.models import resolve_backbone
+from emobridge.methods.neural import CrossEntropyTask, FeatureNormaliser, NeuralMethod
+from emobridge.methods.phases import FitData, Phase
 from emobridge.models.memory import (
     ExternalMemory,
     hard_negative_mask,
@@ -134,16 +133,7 @@ from emobridge.models.memory import (
     pseudo_multilabel_loss,
     pseudo_multilabels,
 )
-from emobridge.runtime import seed_everything
-from emobridge.training import (
-    Batch,
-    EpochContext,
-    FunctionTask,
-    TrainConfig,
-    Trainer,
-    TrainResult,
-    set_trainable,
-)
+from emobridge.training import Batch, EpochContext, TrainResult, set_trainable
 
 Variant = Literal["nnpm", "snsa_f", "wo_sl", "wo_hl"]
 Prediction = Literal["classifier", "memory_vote", "mix"]
@@ -202,7 +192,7 @@ class NNPM(NeuralMethod):
         self.adapt_early_stopping = adapt_early_stopping
 
     # -- checks ----------------------------------------------------------------------------
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         if self.variant not in VARIANTS:
             raise ConfigError(f"nnpm: variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.prediction not in PREDICTIONS:
@@ -229,27 +219,56 @@ class NNPM(NeuralMethod):
         if self.pretrained is None and self.pretrain_epochs < 1:
             raise ConfigError("nnpm: pretrain_epochs must be >= 1 (or give `pretrained`)")
 
-    # -- model -----------------------------------------------------------------------------
-    def _build_model(self) -> nn.Module:
-        model = super()._build_model()
+    # -- hooks ---------------------------------------------------------------------------
+    def select_data(self, data: FitData) -> FitData:
+        if self.variant != "snsa_f" and data.target is None:
+            raise EmobridgeError("nnpm: needs target data (target_unlabelled) to adapt to")
+        self.n_memory_slots_ = len(data.source)  # one memory slot per source utterance
+        return data
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
         # Slots are sized at fit time (one per source utterance) or from a loaded state.
         model.memory = ExternalMemory(getattr(self, "n_memory_slots_", 0), model.embedding_dim)
         return model
 
-    def _phase_config(self, phase: str) -> TrainConfig:
-        base = self.train_config()
-        sub = None if self.checkpoint_dir is None else str(Path(self.checkpoint_dir) / phase)
-        log = None if self.log_csv is None else str(
-            Path(self.log_csv).with_name(f"{Path(self.log_csv).stem}.{phase}.csv"))
-        if phase == "pretrain":
-            return replace(base, epochs=self.pretrain_epochs, lr=self.pretrain_lr,
-                           weight_decay=0.0, checkpoint_dir=sub, log_csv=log)
-        patience = self.patience if self.adapt_early_stopping else None
-        return replace(base, patience=patience, restore_best=self.adapt_early_stopping,
-                       checkpoint_dir=sub, log_csv=log)
+    def fit_normaliser(self, data: FitData) -> FeatureNormaliser:
+        if self.pretrained is None:
+            return super().fit_normaliser(data)
+        return self._load_pretrained()
 
-    def _load_pretrained(self) -> None:
-        """Weights and standardisation of ``pretrained`` into a freshly built model."""
+    def init_state(self, data: FitData) -> None:
+        # Both phases weigh the cross-entropy by the source's class frequencies.
+        self.class_weights_ = self._class_weights({"source": data.source})
+        self.pretrain_result_: TrainResult | None = None
+        self.frozen_layers_ = 0
+
+    def phases(self, data: FitData) -> Iterator[Phase]:
+        """Pre-training (unless ``pretrained``), the memory, then adaptation (unless
+        ``snsa_f``)."""
+        if self.pretrained is None:
+            yield Phase("pretrain", {"source": data.source}, task=CrossEntropyTask(self),
+                        validation=data.validation, result_attr="pretrain_result_",
+                        config={"epochs": self.pretrain_epochs, "lr": self.pretrain_lr,
+                                "weight_decay": 0.0, **self.phase_paths("pretrain")})
+        self._initialise_memory(data.source)
+        if self.variant == "snsa_f":
+            return
+        self.frozen_layers_ = self._freeze()
+        yield Phase("adapt", {"source": data.source, "target": data.target},
+                    validation=data.validation, primary=self.epoch_stream,
+                    config={"patience": self.patience if self.adapt_early_stopping else None,
+                            "restore_best": self.adapt_early_stopping,
+                            **self.phase_paths("adapt")})
+
+    def _initialise_memory(self, source: EmotionData) -> None:
+        """The memory: the (pre-trained) embedding of every source utterance."""
+        emb = self._trainer().map_batches(self.model_, source,
+                                          lambda m, b: m.embed(b.x, b.mask))
+        self.model_.memory.initialise(torch.as_tensor(emb), torch.tensor(source.labels))
+
+    def _load_pretrained(self) -> FeatureNormaliser:
+        """Weights of ``pretrained`` into the freshly built model; its standardisation."""
         pre = NeuralMethod.load(self.pretrained, device="cpu")
         if tuple(pre.classes_) != self.classes_:
             raise EmobridgeError(f"nnpm: pretrained model {self.pretrained} has classes "
@@ -271,11 +290,12 @@ class NNPM(NeuralMethod):
             missing, _ = self.model_.load_state_dict(state, strict=False)
         except RuntimeError as exc:
             raise EmobridgeError(f"nnpm: pretrained model {self.pretrained} does not fit "
-                                 f"backbone_params={self.backbone_params}: {exc}") from None
+                                 f"backbone_params={self.backbone_params}: "
+                                 f"{str(exc).strip().splitlines()[0]}") from None
         missing = [k for k in missing if not k.startswith("memory.")]
         if missing:
             raise EmobridgeError(f"nnpm: pretrained model {self.pretrained} lacks {missing[:5]}")
-        self.normaliser_ = pre.normaliser_
+        return pre.normaliser_
 
     def _freeze(self) -> int:
         convs = getattr(self.model_.backbone, "conv_layers", None)
@@ -287,79 +307,6 @@ class NNPM(NeuralMethod):
         for conv in list(convs)[: self.freeze_conv_layers]:
             set_trainable(conv, False)
         return int(self.freeze_conv_layers)
-
-    # -- fit -------------------------------------------------------------------------------
-    def fit(
-        self,
-        source: EmotionData,
-        target_unlabelled: EmotionData | None = None,
-        target_labelled: EmotionData | None = None,
-        validation: EmotionData | None = None,
-    ) -> NNPM:
-        """Pre-train on ``source`` (or load ``pretrained``), build the memory, adapt to the
-        target (unlabelled, plus labelled rows if given: they also get cross-entropy)."""
-        self._check_params()
-        self._check_inputs(source, target_unlabelled, target_labelled, validation)
-        has_target = any(d is not None and len(d) for d in (target_unlabelled, target_labelled))
-        if self.variant != "snsa_f" and not has_target:
-            raise EmobridgeError("nnpm: needs target data (target_unlabelled) to adapt to")
-        if target_unlabelled is not None and len(target_unlabelled):
-            target_unlabelled = target_unlabelled.without_labels()  # never read target labels
-        if target_labelled is not None and len(target_labelled) and \
-                not target_labelled.is_labelled:
-            raise EmobridgeError("nnpm: target_labelled has unlabelled utterances")
-        self.classes_ = tuple(source.classes)
-        self.input_dim_ = source.dim
-        self.is_sequence_ = source.is_sequence
-        self.backbone_ = resolve_backbone(self.backbone, self.input_dim_, self.is_sequence_)
-        self.n_memory_slots_ = len(source)
-        self.trainer_ = None
-
-        seed_everything(self.seed)
-        self.model_ = self._build_model()
-        if self.pretrained is not None:
-            self._load_pretrained()
-        else:
-            self.normaliser_ = FeatureNormaliser(self.normalise).fit(
-                self._normalisation_sets(source, target_unlabelled, target_labelled))
-        prep = self.normaliser_.transform
-        src = prep(source)
-        parts = [prep(d) for d in (target_unlabelled, target_labelled)
-                 if d is not None and len(d)]
-        tgt = EmotionData.concat(parts) if parts else None
-        val = prep(validation) if validation is not None and len(validation) else None
-        self.class_weights_ = self._class_weights({"source": src})
-
-        # Phase 1: supervised pre-training (the FunctionTask validates with the classifier).
-        self.pretrain_result_: TrainResult | None = None
-        history: list[dict[str, Any]] = []
-        if self.pretrained is None:
-            pre_trainer = Trainer(self._phase_config("pretrain"))
-            self.device_ = pre_trainer.device
-            task = FunctionTask(lambda batches, ctx: NeuralMethod.training_step(
-                self, batches, ctx))
-            self.pretrain_result_ = pre_trainer.fit(self.model_, task, {"source": src},
-                                                    validation=val)
-            history += [{"phase": "pretrain", **r} for r in self.pretrain_result_.history]
-
-        trainer = Trainer(self._phase_config("adapt"))
-        self.trainer_ = trainer
-        self.device_ = trainer.device
-        self.model_.to(self.device_)
-        # Memory: the pre-trained embeddings of every source utterance.
-        emb = trainer.map_batches(self.model_, src, lambda m, b: m.embed(b.x, b.mask))
-        self.model_.memory.initialise(torch.as_tensor(emb), torch.tensor(src.labels))
-
-        self.frozen_layers_ = 0
-        self.train_result_: TrainResult | None = None
-        if self.variant != "snsa_f":
-            self.frozen_layers_ = self._freeze()
-            self.train_result_ = trainer.fit(self.model_, self, {"source": src, "target": tgt},
-                                             validation=val, primary=self.epoch_stream)
-            history += [{"phase": "adapt", **r} for r in self.train_result_.history]
-        self.history_ = history
-        self.model_.eval()
-        return self
 
     # -- the adaptation step ----------------------------------------------------------------
     def training_step(
@@ -415,10 +362,6 @@ class NNPM(NeuralMethod):
         if self.prediction == "memory_vote":
             return torch.log(vote)
         return torch.log(0.5 * torch.softmax(logits, dim=1) + 0.5 * vote)
-
-    def predict_proba(self, data: EmotionData) -> np.ndarray:
-        self._check_params()
-        return super().predict_proba(data)
 
     def memory_similarity(self, data: EmotionData) -> np.ndarray:
         """Cosine similarity ``(len(data), slots)`` of ``data``'s embeddings to the memory."""

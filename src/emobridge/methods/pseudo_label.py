@@ -22,6 +22,7 @@ from emobridge.methods import pseudo_label_ops as ops
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
 from emobridge.methods.neural import NeuralMethod
+from emobridge.methods.phases import FitData
 from emobridge.training import Batch, EpochContext, TrainConfig, classification_metrics
 
 Mode = Literal["hard", "soft"]
@@ -180,7 +181,7 @@ class PseudoLabel(NeuralMethod):
         self.frame_rate_hz = frame_rate_hz
 
     # -- checks ----------------------------------------------------------------------------
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         if self.mode not in ("hard", "soft"):
             raise ConfigError(f"pseudo_label: mode must be 'hard' or 'soft', got {self.mode!r}")
         if not 0.0 < float(self.tau) < 1.0:
@@ -238,25 +239,20 @@ class PseudoLabel(NeuralMethod):
             raise EmobridgeError(f"pseudo_label: {len(shared)} validation utterance(s) also in "
                                  f"the training data, e.g. {shared[0]}")
 
-    # -- fit -------------------------------------------------------------------------------
-    def fit(self, source: EmotionData, target_unlabelled: EmotionData | None = None,
-            target_labelled: EmotionData | None = None,
-            validation: EmotionData | None = None) -> PseudoLabel:
-        """Train on source + ``k`` labelled target utterances, pseudo-labelling
-        ``target_unlabelled`` every ``W`` epochs (see the class docstring)."""
-        self._check_params()
-        self._check_inputs(source, target_unlabelled, target_labelled, validation)
-        self._check_no_leak(validation, source, target_unlabelled, target_labelled)
-        if target_unlabelled is not None and len(target_unlabelled) and \
-                target_labelled is not None and len(target_labelled):
-            labelled_ids = set(target_labelled.ids)
-            keep = np.array([i not in labelled_ids for i in target_unlabelled.ids], dtype=bool)
-            target_unlabelled = target_unlabelled.subset(keep) if keep.any() else None
-        self.crop_frames_ = self._resolve_crop(source)
-        self.source_languages_ = tuple(sorted({str(x) for x in source.languages}))
-        super().fit(source, target_unlabelled, target_labelled, validation)
-        self._finish()
-        return self
+    # -- hooks ---------------------------------------------------------------------------
+    def select_data(self, data: FitData) -> FitData:
+        """No validation speaker in training; target rows given both labelled and unlabelled
+        (same id) are used as labelled only; the training crop and source languages."""
+        self._check_no_leak(data.validation, *data.training)
+        if data.target_unlabelled is not None and data.target_labelled is not None:
+            labelled_ids = set(data.target_labelled.ids)
+            keep = np.array([i not in labelled_ids for i in data.target_unlabelled.ids],
+                            dtype=bool)
+            data.target_unlabelled = data.target_unlabelled.subset(keep) if keep.any() \
+                else None
+        self.crop_frames_ = self._resolve_crop(data.source)
+        self.source_languages_ = tuple(sorted({str(x) for x in data.source.languages}))
+        return data
 
     def train_config(self) -> TrainConfig:
         config = super().train_config()
@@ -264,17 +260,18 @@ class PseudoLabel(NeuralMethod):
         return dataclasses.replace(config, crop_frames=crop) if crop is not None else config
 
     # -- the training set D ------------------------------------------------------------------
-    def _training_streams(self, source: EmotionData, target_unlabelled: EmotionData | None,
-                          target_labelled: EmotionData | None) -> dict[str, EmotionData]:
-        self._src = source
-        self._tgt_u = target_unlabelled
-        self._tgt_l = target_labelled
-        n_classes = len(self.classes_)
+    def init_state(self, data: FitData) -> None:
+        """An empty pseudo-label pool over the (standardised) training inputs."""
+        self._src = data.source
+        self._tgt_u = data.target_unlabelled
+        self._tgt_l = data.target_labelled
         self._pool_index = np.zeros(0, dtype=np.int64)
-        self._pool_targets = np.zeros((0, n_classes), dtype=np.float32)
+        self._pool_targets = np.zeros((0, len(self.classes_)), dtype=np.float32)
         self._last_round_epoch = 0
         self.pseudo_label_rounds_: list[dict[str, Any]] = []
         self.train_sets_: list[dict[str, Any]] = []
+
+    def training_streams(self, data: FitData) -> dict[str, EmotionData]:
         return {"train": self._build_train_set(0)}
 
     def _build_train_set(self, epoch: int) -> EmotionData:
@@ -404,7 +401,7 @@ class PseudoLabel(NeuralMethod):
         self.pseudo_label_rounds_ = list(state["rounds"])
         self.train_sets_ = list(state["train_sets"])
 
-    def _finish(self) -> None:
+    def finish_fit(self, data: FitData) -> None:
         """Expose the pool and drop the references to the training data."""
         ids = self._tgt_u.ids[self._pool_index] if self._tgt_u is not None and \
             len(self._pool_index) else np.zeros(0, dtype=object)

@@ -7,6 +7,7 @@ from emobridge.errors import EmobridgeError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
 from emobridge.methods.neural import NeuralMethod
+from emobridge.methods.phases import FitData
 
 
 @register_method
@@ -27,24 +28,18 @@ class Supervised(NeuralMethod):
         super().__init__(**kwargs)
         self.use_source = use_source
 
-    def fit(self, source: EmotionData, target_unlabelled: EmotionData | None = None,
-            target_labelled: EmotionData | None = None,
-            validation: EmotionData | None = None) -> Supervised:
-        if target_labelled is None or not len(target_labelled):
+    def select_data(self, data: FitData) -> FitData:
+        if data.target_labelled is None:
             raise EmobridgeError(
                 "supervised: needs target_labelled (the labelled target training data); "
                 "it is the upper bound that trains on target labels")
-        super().fit(source, target_unlabelled, target_labelled, validation)
-        return self
+        return data
 
-    def _normalisation_sets(self, source: EmotionData, target_unlabelled: EmotionData | None,
-                            target_labelled: EmotionData | None) -> list[EmotionData]:
-        sets = [source] if self.use_source else []
-        return sets + [d for d in (target_unlabelled, target_labelled) if d is not None]
+    def normalisation_sets(self, data: FitData) -> list[EmotionData]:
+        return data.training if self.use_source else data.targets
 
-    def _training_streams(self, source: EmotionData, target_unlabelled: EmotionData | None,
-                          target_labelled: EmotionData | None) -> dict[str, EmotionData]:
-        assert target_labelled is not None
+    def training_streams(self, data: FitData) -> dict[str, EmotionData]:
+        assert data.target_labelled is not None
         if not self.use_source:
-            return {"train": target_labelled}
-        return {"train": EmotionData.concat([source, target_labelled])}
+            return {"train": data.target_labelled}
+        return {"train": EmotionData.concat([data.source, data.target_labelled])}
