@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -63,19 +64,29 @@ class AdaptationMethod(ABC):
 
     @classmethod
     def param_names(cls) -> list[str]:
+        """Constructor parameters, read from the signature of ``__init__`` (explicit
+        keyword parameters only, as scikit-learn requires)."""
         sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"
-                and sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+        return [name for name, p in sig.parameters.items() if name != "self"
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    def _store_params(self, values: Mapping[str, Any]) -> None:
+        """Store every constructor parameter under its own name and do nothing else (call
+        as ``self._store_params(locals())`` from ``__init__``)."""
+        for name in self.param_names():
+            setattr(self, name, values[name])
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters (as scikit-learn's ``get_params``)."""
         return {k: getattr(self, k) for k in self.param_names()}
 
     def set_params(self, **params: Any) -> AdaptationMethod:
+        """Change constructor parameters; an unknown name raises :class:`ConfigError`."""
         valid = set(self.param_names())
         for key, value in params.items():
             if key not in valid:
-                raise ValueError(f"{self.name}: unknown parameter {key!r}; valid: {sorted(valid)}")
+                raise ConfigError(f"{self.name}: unknown parameter {key!r}; "
+                                  f"valid: {sorted(valid)}")
             setattr(self, key, value)
         return self
 

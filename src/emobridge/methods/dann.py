@@ -9,13 +9,16 @@ progress ``p`` in [0, 1], scaled by ``domain_weight``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from emobridge.errors import EmobridgeError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import NeuralMethod
+from emobridge.methods.neural import NeuralMethod, Normalise
 from emobridge.methods.phases import FitData
 from emobridge.models.layers import GradientReversal, dann_lambda
 from emobridge.training import Batch, EpochContext
@@ -38,18 +41,40 @@ class DANN(NeuralMethod):
         Width of the domain classifier's hidden layer.
     schedule_gamma:
         The 10 in ``2 / (1 + exp(-gamma p)) - 1``; 0 gives a constant ``domain_weight``.
-    **kwargs:
-        Every :class:`NeuralMethod` parameter.
+    backbone, ..., resume:
+        Every :class:`~emobridge.methods.neural.NeuralMethod` parameter.
     """
 
     name = "dann"
 
-    def __init__(self, domain_weight: float = 1.0, domain_hidden: int = 128,
-                 schedule_gamma: float = 10.0, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.domain_weight = domain_weight
-        self.domain_hidden = domain_hidden
-        self.schedule_gamma = schedule_gamma
+    def __init__(
+        self,
+        *,
+        domain_weight: float = 1.0,
+        domain_hidden: int = 128,
+        schedule_gamma: float = 10.0,
+        # every NeuralMethod parameter (method-specific defaults where they differ)
+        backbone: str = "auto",
+        backbone_params: Mapping[str, Any] | None = None,
+        normalise: Normalise = "global",
+        class_weight: str | None = None,
+        epochs: int = 50,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_decay_gamma: float = 1.0,
+        lr_decay_every_epochs: int = 0,
+        patience: int | None = None,
+        crop_frames: int | None = None,
+        max_grad_norm: float | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        checkpoint_dir: str | None = None,
+        log_csv: str | None = None,
+        progress: bool = False,
+        resume: bool = False,
+    ) -> None:
+        self._store_params(locals())
 
     def select_data(self, data: FitData) -> FitData:
         if data.target is None:

@@ -148,6 +148,7 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
 
     def __init__(
         self,
+        *,
         backbone: str = "auto",
         backbone_params: Mapping[str, Any] | None = None,
         normalise: Normalise = "global",
@@ -168,46 +169,9 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         progress: bool = False,
         resume: bool = False,
     ) -> None:
-        self.backbone = backbone
-        self.backbone_params = backbone_params
-        self.normalise = normalise
-        self.class_weight = class_weight
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.lr_decay_gamma = lr_decay_gamma
-        self.lr_decay_every_epochs = lr_decay_every_epochs
-        self.patience = patience
-        self.crop_frames = crop_frames
-        self.max_grad_norm = max_grad_norm
-        self.device = device
-        self.seed = seed
-        self.checkpoint_dir = checkpoint_dir
-        self.log_csv = log_csv
-        self.progress = progress
-        self.resume = resume
+        self._store_params(locals())
 
     # -- parameters ----------------------------------------------------------------------
-    @classmethod
-    def param_names(cls) -> list[str]:
-        """Constructor parameters along the class hierarchy (subclasses take ``**kwargs``)."""
-        import inspect
-
-        names: list[str] = []
-        for klass in cls.__mro__:
-            if not (isinstance(klass, type) and issubclass(klass, NeuralMethod)):
-                continue
-            if "__init__" not in vars(klass):
-                continue
-            sig = inspect.signature(klass.__init__)
-            for p in sig.parameters.values():
-                if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                    continue
-                if p.name not in names:
-                    names.append(p.name)
-        return names
-
     def train_config(self) -> TrainConfig:
         """The :class:`TrainConfig` these parameters describe."""
         return TrainConfig(

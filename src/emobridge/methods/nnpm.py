@@ -96,7 +96,7 @@ adapt_early_stopping:
     Apply ``patience`` / best-epoch restoration in phase 2 as well.
 lr, weight_decay, epochs:
     Adaptation optimiser and length (paper: 1e-4, 5e-5, 50).
-**kwargs:
+backbone, ..., resume:
     Every other :class:`~emobridge.methods.neural.NeuralMethod` parameter (``backbone``,
     ``normalise``, ``batch_size`` (32), ``crop_frames``, ``patience``, ``seed``...).
 
@@ -113,7 +113,7 @@ model_.memory:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -123,7 +123,12 @@ from torch import nn
 from emobridge.errors import ConfigError, EmobridgeError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import CrossEntropyTask, FeatureNormaliser, NeuralMethod
+from emobridge.methods.neural import (
+    CrossEntropyTask,
+    FeatureNormaliser,
+    NeuralMethod,
+    Normalise,
+)
 from emobridge.methods.phases import FitData, Phase
 from emobridge.models.memory import (
     ExternalMemory,
@@ -152,6 +157,7 @@ class NNPM(NeuralMethod):
 
     def __init__(
         self,
+        *,
         variant: Variant = "nnpm",
         pretrain_epochs: int = 30,
         pretrain_lr: float = 1e-3,
@@ -168,28 +174,28 @@ class NNPM(NeuralMethod):
         vote_temperature: float = 0.1,
         epoch_stream: Literal["source", "target"] = "target",
         adapt_early_stopping: bool = False,
+        # every NeuralMethod parameter (method-specific defaults where they differ)
+        backbone: str = "auto",
+        backbone_params: Mapping[str, Any] | None = None,
+        normalise: Normalise = "global",
+        class_weight: str | None = None,
+        epochs: int = 50,
+        batch_size: int = 32,
         lr: float = 1e-4,
         weight_decay: float = 5e-5,
-        epochs: int = 50,
-        **kwargs: Any,
+        lr_decay_gamma: float = 1.0,
+        lr_decay_every_epochs: int = 0,
+        patience: int | None = None,
+        crop_frames: int | None = None,
+        max_grad_norm: float | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        checkpoint_dir: str | None = None,
+        log_csv: str | None = None,
+        progress: bool = False,
+        resume: bool = False,
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, epochs=epochs, **kwargs)
-        self.variant = variant
-        self.pretrain_epochs = pretrain_epochs
-        self.pretrain_lr = pretrain_lr
-        self.pretrained = pretrained
-        self.gamma = gamma
-        self.hard_negative_ratio = hard_negative_ratio
-        self.beta_max = beta_max
-        self.target_weight = target_weight
-        self.no_positive = no_positive
-        self.fallback_top_k = fallback_top_k
-        self.freeze_conv_layers = freeze_conv_layers
-        self.prediction = prediction
-        self.vote_top_k = vote_top_k
-        self.vote_temperature = vote_temperature
-        self.epoch_stream = epoch_stream
-        self.adapt_early_stopping = adapt_early_stopping
+        self._store_params(locals())
 
     # -- checks ----------------------------------------------------------------------------
     def check_params(self) -> None:

@@ -21,7 +21,7 @@ from emobridge.errors import ConfigError, EmobridgeError
 from emobridge.methods import pseudo_label_ops as ops
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import NeuralMethod
+from emobridge.methods.neural import NeuralMethod, Normalise
 from emobridge.methods.phases import FitData
 from emobridge.training import Batch, EpochContext, TrainConfig, classification_metrics
 
@@ -120,7 +120,7 @@ class PseudoLabel(NeuralMethod):
         encoder frames); required to crop frame features by ``crop_s``.
     epochs, batch_size, lr, lr_decay_gamma, lr_decay_every_epochs:
         The paper's values as defaults.
-    **kwargs:
+    backbone, ..., resume:
         Every other :class:`~emobridge.methods.neural.NeuralMethod` parameter (backbone,
         normalise, seed, device, patience...).
 
@@ -147,6 +147,7 @@ class PseudoLabel(NeuralMethod):
 
     def __init__(
         self,
+        *,
         mode: Mode = "hard",
         tau: float = 0.5,
         pseudo_label_every_epochs: int | None = 30,
@@ -158,27 +159,28 @@ class PseudoLabel(NeuralMethod):
         selection: Selection = "mean",
         crop_s: float | None = 2.0,
         frame_rate_hz: float | None = None,
+        # every NeuralMethod parameter (method-specific defaults where they differ)
+        backbone: str = "auto",
+        backbone_params: Mapping[str, Any] | None = None,
+        normalise: Normalise = "global",
+        class_weight: str | None = None,
         epochs: int = 100,
         batch_size: int = 100,
         lr: float = 1e-3,
+        weight_decay: float = 0.0,
         lr_decay_gamma: float = 0.95,
         lr_decay_every_epochs: int = 10,
-        **kwargs: Any,
+        patience: int | None = None,
+        crop_frames: int | None = None,
+        max_grad_norm: float | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        checkpoint_dir: str | None = None,
+        log_csv: str | None = None,
+        progress: bool = False,
+        resume: bool = False,
     ) -> None:
-        super().__init__(epochs=epochs, batch_size=batch_size, lr=lr,
-                         lr_decay_gamma=lr_decay_gamma,
-                         lr_decay_every_epochs=lr_decay_every_epochs, **kwargs)
-        self.mode = mode
-        self.tau = tau
-        self.pseudo_label_every_epochs = pseudo_label_every_epochs
-        self.pseudo_label_policy = pseudo_label_policy
-        self.rebalance = rebalance
-        self.lambda_a = lambda_a
-        self.lambda_h = lambda_h
-        self.mixup = mixup
-        self.selection = selection
-        self.crop_s = crop_s
-        self.frame_rate_hz = frame_rate_hz
+        self._store_params(locals())
 
     # -- checks ----------------------------------------------------------------------------
     def check_params(self) -> None:

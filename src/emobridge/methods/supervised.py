@@ -3,10 +3,13 @@ bound of unsupervised adaptation)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from emobridge.errors import EmobridgeError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import NeuralMethod
+from emobridge.methods.neural import NeuralMethod, Normalise
 from emobridge.methods.phases import FitData
 
 
@@ -18,15 +21,38 @@ class Supervised(NeuralMethod):
     ----------
     use_source:
         ``False`` trains on the labelled target data alone (in-language training).
-    **kwargs:
-        Every :class:`NeuralMethod` parameter.
+    backbone, ..., resume:
+        Every :class:`~emobridge.methods.neural.NeuralMethod` parameter.
     """
 
     name = "supervised"
 
-    def __init__(self, use_source: bool = True, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.use_source = use_source
+    def __init__(
+        self,
+        *,
+        use_source: bool = True,
+        # every NeuralMethod parameter (method-specific defaults where they differ)
+        backbone: str = "auto",
+        backbone_params: Mapping[str, Any] | None = None,
+        normalise: Normalise = "global",
+        class_weight: str | None = None,
+        epochs: int = 50,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_decay_gamma: float = 1.0,
+        lr_decay_every_epochs: int = 0,
+        patience: int | None = None,
+        crop_frames: int | None = None,
+        max_grad_norm: float | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        checkpoint_dir: str | None = None,
+        log_csv: str | None = None,
+        progress: bool = False,
+        resume: bool = False,
+    ) -> None:
+        self._store_params(locals())
 
     def select_data(self, data: FitData) -> FitData:
         if data.target_labelled is None:
