@@ -121,3 +121,16 @@ def test_param_names_include_the_shared_training_parameters():
         NNPM(0.5)  # keyword-only
     with pytest.raises(EmobridgeError):
         build_method("dann", no_such_parameter=1)
+
+
+@pytest.mark.parametrize("name,params,match", [
+    ("source_only", {"epochs": "abc"}, "epochs='abc'"),
+    ("nnpm", {"gamma": "high"}, "gamma='high'"),
+    ("pseudo_label", {"rebalance": "yes"}, "rebalance='yes'"),
+    ("dann", {"backbone_params": [1, 2]}, "backbone_params"),
+])
+def test_mistyped_parameters_are_one_line_config_errors(name, params, match):
+    method = build_method(name, device="cpu", **params)
+    with pytest.raises(ConfigError, match=match) as info:
+        method.fit(blobs(12, 0, "en"), blobs(12, 1, "de"))
+    assert "\n" not in str(info.value)

@@ -10,6 +10,7 @@ progress ``p`` in [0, 1], scaled by ``domain_weight``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,8 +70,8 @@ class DANN(NeuralMethod):
         max_grad_norm: float | None = None,
         device: str = "auto",
         seed: int = 0,
-        checkpoint_dir: str | None = None,
-        log_csv: str | None = None,
+        checkpoint_dir: str | Path | None = None,
+        log_csv: str | Path | None = None,
         progress: bool = False,
         resume: bool = False,
     ) -> None:

@@ -5,7 +5,8 @@ A subclass is a :class:`NeuralMethod` (so an :class:`~emobridge.methods.base.Ada
 *and* a :class:`~emobridge.training.TrainingTask`, and is only its own maths: it overrides the
 hooks it needs and nothing else. :meth:`NeuralMethod.fit` always runs, in this order:
 
-1. ``check_params()`` -- the method's parameters (raise
+1. ``check_param_types()`` (every parameter against its annotation), then
+   ``check_params()`` -- the method's own value checks (raise
    :class:`~emobridge.errors.ConfigError`); default: nothing.
 2. Shared input checks: non-empty, fully labelled source; every input with the source's
    classes and feature shape; ``target_labelled`` fully labelled. The labels of
@@ -164,8 +165,8 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         max_grad_norm: float | None = None,
         device: str = "auto",
         seed: int = 0,
-        checkpoint_dir: str | None = None,
-        log_csv: str | None = None,
+        checkpoint_dir: str | Path | None = None,
+        log_csv: str | Path | None = None,
         progress: bool = False,
         resume: bool = False,
     ) -> None:
@@ -271,6 +272,7 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         validation: EmotionData | None = None,
     ) -> NeuralMethod:
         """Train; the fixed sequence of hooks is in the module docstring."""
+        self.check_param_types()
         self.check_params()
         data = self.select_data(self._inputs(source, target_unlabelled, target_labelled,
                                              validation))

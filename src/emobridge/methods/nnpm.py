@@ -114,6 +114,7 @@ model_.memory:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -190,8 +191,8 @@ class NNPM(NeuralMethod):
         max_grad_norm: float | None = None,
         device: str = "auto",
         seed: int = 0,
-        checkpoint_dir: str | None = None,
-        log_csv: str | None = None,
+        checkpoint_dir: str | Path | None = None,
+        log_csv: str | Path | None = None,
         progress: bool = False,
         resume: bool = False,
     ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -175,8 +176,8 @@ class PseudoLabel(NeuralMethod):
         max_grad_norm: float | None = None,
         device: str = "auto",
         seed: int = 0,
-        checkpoint_dir: str | None = None,
-        log_csv: str | None = None,
+        checkpoint_dir: str | Path | None = None,
+        log_csv: str | Path | None = None,
         progress: bool = False,
         resume: bool = False,
     ) -> None:

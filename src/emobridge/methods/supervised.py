@@ -4,6 +4,7 @@ bound of unsupervised adaptation)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from emobridge.errors import EmobridgeError
@@ -47,8 +48,8 @@ class Supervised(NeuralMethod):
         max_grad_norm: float | None = None,
         device: str = "auto",
         seed: int = 0,
-        checkpoint_dir: str | None = None,
-        log_csv: str | None = None,
+        checkpoint_dir: str | Path | None = None,
+        log_csv: str | Path | None = None,
         progress: bool = False,
         resume: bool = False,
     ) -> None:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emobridge.errors import FeatureError
+from emobridge.errors import ConfigError, FeatureError
 
 #: Whisper frontend constants (all model sizes).
 SAMPLE_RATE_HZ = 16_000
@@ -283,7 +283,7 @@ class WhisperEncoderOutput(NamedTuple):
 def sinusoids(length: int, channels: int, max_timescale: float = 10_000.0) -> torch.Tensor:
     """Whisper's sinusoidal positional table ``(length, channels)``: sines, then cosines."""
     if channels % 2:
-        raise ValueError(f"channels must be even, got {channels}")
+        raise ConfigError(f"Whisper positional table: channels must be even, got {channels}")
     increment = math.log(max_timescale) / (channels // 2 - 1)
     inv = torch.exp(-increment * torch.arange(channels // 2, dtype=torch.float64))
     angles = torch.arange(length, dtype=torch.float64)[:, None] * inv[None, :]
@@ -297,7 +297,8 @@ class WhisperEncoderLayer(nn.Module):
         super().__init__()
         d = config.d_model
         if d % config.n_heads:
-            raise ValueError(f"d_model {d} is not divisible by n_heads {config.n_heads}")
+            raise ConfigError(f"Whisper encoder: d_model {d} is not divisible by n_heads "
+                              f"{config.n_heads}")
         self.n_heads = config.n_heads
         self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.q_proj = nn.Linear(d, d)
