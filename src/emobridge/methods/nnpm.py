@@ -27,8 +27,9 @@ Training has two phases.
      forward pass (train mode, dropout active, cropped when ``crop_frames`` is set), detached.
 
    The first ``freeze_conv_layers`` convolution layers of the backbone are frozen during
-   adaptation (SNSA has two; backbones without ``conv_layers``, e.g. the attention head over
-   precomputed encoder features, freeze nothing: their encoder is already fixed).
+   adaptation (by default SNSA's two; backbones without convolution layers, e.g. the
+   attention head over precomputed encoder features, freeze nothing by default: their
+   encoder is already fixed. Asking them for frozen layers is an error, not a no-op).
 
 Variants (the paper's ablations, ``variant``):
 
@@ -87,7 +88,10 @@ target_weight:
 no_positive, fallback_top_k:
     See above.
 freeze_conv_layers:
-    Convolution layers frozen during adaptation, counted from the input (2).
+    Convolution layers frozen during adaptation, counted from the input. ``None``
+    (default): the paper's 2 (at most the backbone's count) on a backbone with convolution
+    layers (SNSA), 0 on one without (``mlp``, ``attention``); a number > 0 for a backbone
+    without convolution layers raises :class:`~emobridge.errors.ConfigError`.
 prediction, vote_top_k, vote_temperature:
     See above.
 epoch_stream:
@@ -169,7 +173,7 @@ class NNPM(NeuralMethod):
         target_weight: float = 1.0,
         no_positive: Literal["top_k", "skip", "negatives_only"] = "top_k",
         fallback_top_k: int = 1,
-        freeze_conv_layers: int = 2,
+        freeze_conv_layers: int | None = None,
         prediction: Prediction = "classifier",
         vote_top_k: int = 10,
         vote_temperature: float = 0.1,
@@ -217,7 +221,7 @@ class NNPM(NeuralMethod):
                               f"'negatives_only', got {self.no_positive!r}")
         if self.fallback_top_k < 1 or self.vote_top_k < 1:
             raise ConfigError("nnpm: fallback_top_k and vote_top_k must be >= 1")
-        if self.freeze_conv_layers < 0:
+        if self.freeze_conv_layers is not None and self.freeze_conv_layers < 0:
             raise ConfigError(f"nnpm: freeze_conv_layers must be >= 0, "
                               f"got {self.freeze_conv_layers}")
         if self.epoch_stream not in ("source", "target"):
@@ -249,6 +253,7 @@ class NNPM(NeuralMethod):
         self.class_weights_ = self._class_weights({"source": data.source})
         self.pretrain_result_: TrainResult | None = None
         self.frozen_layers_ = 0
+        self._n_freeze = self._layers_to_freeze()  # before training: a bad value fails fast
 
     def phases(self, data: FitData) -> Iterator[Phase]:
         """Pre-training (unless ``pretrained``), the memory, then adaptation (unless
@@ -261,7 +266,7 @@ class NNPM(NeuralMethod):
         self._initialise_memory(data.source)
         if self.variant == "snsa_f":
             return
-        self.frozen_layers_ = self._freeze()
+        self.frozen_layers_ = self._freeze(self._n_freeze)
         yield Phase("adapt", {"source": data.source, "target": data.target},
                     validation=data.validation, primary=self.epoch_stream,
                     config={"patience": self.patience if self.adapt_early_stopping else None,
@@ -304,16 +309,25 @@ class NNPM(NeuralMethod):
             raise EmobridgeError(f"nnpm: pretrained model {self.pretrained} lacks {missing[:5]}")
         return pre.normaliser_
 
-    def _freeze(self) -> int:
+    def _layers_to_freeze(self) -> int:
+        """How many convolution layers adaptation freezes (see ``freeze_conv_layers``)."""
         convs = getattr(self.model_.backbone, "conv_layers", None)
-        if convs is None or self.freeze_conv_layers == 0:
-            return 0
-        if self.freeze_conv_layers > len(convs):
-            raise ConfigError(f"nnpm: freeze_conv_layers={self.freeze_conv_layers} but the "
-                              f"backbone has {len(convs)} convolution layers")
-        for conv in list(convs)[: self.freeze_conv_layers]:
-            set_trainable(conv, False)
+        n_convs = 0 if convs is None else len(convs)
+        if self.freeze_conv_layers is None:
+            return min(2, n_convs)
+        if self.freeze_conv_layers > n_convs:
+            what = (f"backbone {self.backbone_!r} has no convolution layers" if not n_convs
+                    else f"the {self.backbone_!r} backbone has {n_convs} convolution layers")
+            raise ConfigError(f"nnpm: freeze_conv_layers={self.freeze_conv_layers} but {what}"
+                              " (leave it unset, or use 0)")
         return int(self.freeze_conv_layers)
+
+    def _freeze(self, n_layers: int) -> int:
+        """Freeze the first ``n_layers`` convolution layers; their number."""
+        if n_layers:
+            for conv in list(self.model_.backbone.conv_layers)[:n_layers]:
+                set_trainable(conv, False)
+        return n_layers
 
     # -- the adaptation step ----------------------------------------------------------------
     def training_step(
