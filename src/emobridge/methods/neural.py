@@ -32,16 +32,19 @@ hooks it needs and nothing else. :meth:`NeuralMethod.fit` always runs, in this o
 9. ``finish_fit(data)`` -- expose results, drop references to training data; default:
    nothing. The model is left in eval mode.
 
-A one-phase method overrides ``training_streams`` and ``training_step`` (plus
+A multi-phase method (NNPM: pre-training, then adaptation) yields several phases, each with
+its own ``task`` (:class:`CrossEntropyTask` for plain supervised training), streams and
+``config`` overrides (``phase_paths(name)`` gives each phase its own checkpoint folder and
+CSV). A one-phase method overrides ``training_streams`` and ``training_step`` (plus
 ``build_model`` for extra modules)::
 
     @register_method
     class MyMethod(NeuralMethod):
         name = "my_method"
 
-        def __init__(self, alpha: float = 1.0, backbone: str = "auto", ...every
+        def __init__(self, *, alpha: float = 1.0, backbone: str = "auto", ...every
                      NeuralMethod parameter..., resume: bool = False) -> None:
-            self._store_params(locals())
+            self._store_params(locals())  # explicit keywords, stored as given
 
         def select_data(self, data):
             if data.target is None:
