@@ -128,3 +128,14 @@ def test_backbone_resolution():
     with pytest.raises(ConfigError, match="bad parameters"):
         build_backbone("mlp", 10, False, {"widths": 3})
     assert build_backbone("mlp", 10, False, {"hidden_dims": [7]}).output_dim == 7
+
+
+def test_bad_backbone_values_raise_config_errors():
+    from emobridge.models import SNSA
+
+    with pytest.raises(ConfigError, match="kernel_size"):
+        SNSA(input_dim=8, kernel_size=4)
+    with pytest.raises(ConfigError, match="bad parameters"):
+        build_backbone("mlp", 10, False, {"hidden_dims": [-3]})
+    with pytest.raises(ConfigError, match="bad parameters"):
+        build_backbone("attention", 10, True, {"hidden_dim": 8, "dropout": 2.0})

@@ -300,3 +300,19 @@ def test_bad_parameters_and_inputs(corpora):
         small_nnpm().fit(source)
     assert "nnpm" in available_methods()
     assert build_method("nnpm", gamma=0.8).gamma == 0.8
+
+
+def test_freeze_conv_layers_on_a_backbone_without_convolutions(corpora):
+    source, target = corpora
+    vectors = [EmotionData([f.mean(axis=0) for f in d.features], d.labels, d.speakers,
+                           d.languages, d.ids, d.classes) for d in (source, target)]
+    with pytest.raises(ConfigError, match="freeze_conv_layers=2 .*'mlp' has no convolution"):
+        small_nnpm(backbone="mlp", backbone_params={"hidden_dims": [8]},
+                   freeze_conv_layers=2).fit(*vectors)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # unset: nothing to freeze, nothing to warn about
+        method = small_nnpm(backbone="mlp", backbone_params={"hidden_dims": [8]}).fit(*vectors)
+    assert method.frozen_layers_ == 0
+    assert small_nnpm(freeze_conv_layers=0).fit(source, target).frozen_layers_ == 0

@@ -101,9 +101,9 @@ def test_total_loss_is_ce_plus_weighted_regularisers():
     hbar = [0.4, 0.4, 0.2]
     r_a = sum((1 / 3) * math.log((1 / 3) / h) for h in hbar)
     r_h = sum(-sum(p * math.log(p) for p in row) for row in proba) / 2
-    got = ops.semi_supervised_loss(_logits(proba), targets, 0.8, 0.4).item()
+    got = ops.semi_supervised_loss(_logits(proba), targets, 0.8, 0.4)["loss"].item()
     assert got == pytest.approx(ce + 0.8 * r_a + 0.4 * r_h)
-    assert ops.semi_supervised_loss(_logits(proba), targets, 0.0, 0.0).item() == \
+    assert ops.semi_supervised_loss(_logits(proba), targets, 0.0, 0.0)["loss"].item() == \
         pytest.approx(ce)
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from emobridge.errors import ConfigError, EmobridgeError
 from emobridge.methods.data import UNLABELLED, EmotionData
 from emobridge.models import MLPHead
+from emobridge.runtime import torch_device
 from emobridge.training import (
     EpochContext,
     TrainConfig,
@@ -19,7 +20,6 @@ from emobridge.training import (
     TrainingTask,
     collate,
     iterate_batches,
-    resolve_device,
 )
 
 torch.set_num_threads(1)
@@ -165,7 +165,7 @@ def test_early_stopping_stops_and_restores_best(tmp_path):
     result = Trainer(config).fit(model, CETask(), {"source": blobs()}, validation=blobs(seed=1))
     assert result.stopped_early and result.epochs_run == 3 and len(result.history) == 3
     assert result.best_epoch == 1
-    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["epoch"] == 1
     for name, value in model.state_dict().items():
         assert torch.equal(value, best["model"][name])
@@ -264,8 +264,8 @@ def test_config_and_input_errors():
     with pytest.raises(ConfigError, match="CUDA"):
         if torch.cuda.is_available():
             raise ConfigError("CUDA present: nothing to check")
-        resolve_device("cuda")
-    assert resolve_device("auto").type in ("cpu", "cuda")
+        torch_device("cuda")
+    assert torch_device("auto").type in ("cpu", "cuda")
     trainer = Trainer(TrainConfig(epochs=1, device="cpu"))
     with pytest.raises(EmobridgeError, match="'loss'"):
         trainer.fit(TinyNet(), lambda b, c: {"ce": torch.tensor(1.0)}, {"source": blobs()})
@@ -320,3 +320,47 @@ def test_epoch_hooks_can_replace_streams_and_freeze_layers():
     assert sum(1 for e, _ in sizes if e >= 1) == 4 and max(m for e, m in sizes if e >= 1) < 8
     for a, b in zip(frozen_before, _weights(model.head), strict=True):
         assert torch.equal(a, b)
+
+
+class _Planted:
+    """Unpickling this runs code: it creates the file ``marker``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_refuses_a_planted_checkpoint_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.save({"format": 1, "payload": _Planted(str(marker))}, ckpt / "last.pt")
+    config = TrainConfig(epochs=1, batch_size=8, device="cpu", checkpoint_dir=ckpt,
+                         resume=True)
+    with pytest.raises(EmobridgeError) as info:
+        Trainer(config).fit(TinyNet(), CETask(), {"source": blobs()})
+    message = str(info.value)
+    assert str(ckpt / "last.pt") in message and "\n" not in message
+    assert not marker.exists()  # the payload never ran
+
+
+def test_checkpoint_rng_state_round_trips_through_a_safe_load(tmp_path):
+    import random
+
+    from emobridge.training import load_checkpoint, rng_state, set_rng_state
+
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    torch.save({"rng": rng_state()}, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.random(), torch.rand(1).item())
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert (random.random(), np.random.random(), torch.rand(1).item()) == expected
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(EmobridgeError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")

@@ -245,6 +245,41 @@ def test_log_mel_matches_transformers_feature_extractor():
                                atol=1e-6)
 
 
+
+def _slaney_filter_bank(n_mels: int, n_fft: int = 400, sr: int = 16_000) -> np.ndarray:
+    """The hand-written Slaney filterbank emobridge used before librosa's (test oracle)."""
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, log_step = min_log_hz / f_sp, math.log(6.4) / 27.0
+
+    def hz_to_mel(hz):
+        hz = np.asarray(hz, dtype=np.float64)
+        return np.where(hz >= min_log_hz,
+                        min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / log_step,
+                        hz / f_sp)
+
+    def mel_to_hz(mel):
+        return np.where(mel >= min_log_mel, min_log_hz * np.exp(log_step * (mel - min_log_mel)),
+                        mel * f_sp)
+
+    fft_hz = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sr / 2), n_mels + 2))
+    ramps = edges[:, None] - fft_hz[None, :]
+    rising = -ramps[:-2] / np.diff(edges)[:-1, None]
+    falling = ramps[2:] / np.diff(edges)[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    return weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_mel_filter_bank_is_librosa_and_matches_the_hand_written_one(n_mels):
+    import librosa
+
+    filters = mel_filter_bank(n_mels)
+    assert filters.shape == (n_mels, 201) and filters.dtype == np.float32
+    np.testing.assert_array_equal(filters, librosa.filters.mel(
+        sr=16_000, n_fft=400, n_mels=n_mels, norm="slaney", htk=False))
+    assert np.allclose(filters, _slaney_filter_bank(n_mels), rtol=1e-5, atol=1e-8)
+
 # -- extractor -----------------------------------------------------------------------------------
 
 

@@ -9,7 +9,11 @@ and reports never special-case one; a method that does not use some input ignore
 from __future__ import annotations
 
 import inspect
+import numbers
+import types
+import typing
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -63,25 +67,82 @@ class AdaptationMethod(ABC):
 
     @classmethod
     def param_names(cls) -> list[str]:
+        """Constructor parameters, read from the signature of ``__init__`` (explicit
+        keyword parameters only, as scikit-learn requires)."""
         sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"
-                and sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+        return [name for name, p in sig.parameters.items() if name != "self"
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    def _store_params(self, values: Mapping[str, Any]) -> None:
+        """Store every constructor parameter under its own name and do nothing else (call
+        as ``self._store_params(locals())`` from ``__init__``)."""
+        for name in self.param_names():
+            setattr(self, name, values[name])
+
+    def check_param_types(self) -> None:
+        """Every parameter against its annotation (numbers, strings, booleans, ``None``,
+        ``Literal`` choices, mappings, sequences): a mismatch raises :class:`ConfigError`
+        naming the parameter, e.g. ``epochs='abc'`` from a command line."""
+        hints = typing.get_type_hints(type(self).__init__)
+        for name, value in self.get_params().items():
+            hint = hints.get(name, Any)
+            if not _matches(value, hint):
+                raise ConfigError(f"{self.name}: parameter {name}={value!r} should be "
+                                  f"{_describe_hint(hint)}")
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters (as scikit-learn's ``get_params``)."""
         return {k: getattr(self, k) for k in self.param_names()}
 
     def set_params(self, **params: Any) -> AdaptationMethod:
+        """Change constructor parameters; an unknown name raises :class:`ConfigError`."""
         valid = set(self.param_names())
         for key, value in params.items():
             if key not in valid:
-                raise ValueError(f"{self.name}: unknown parameter {key!r}; valid: {sorted(valid)}")
+                raise ConfigError(f"{self.name}: unknown parameter {key!r}; "
+                                  f"valid: {sorted(valid)}")
             setattr(self, key, value)
         return self
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (unknown kinds of hint: yes)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return any(value == choice and type(value) is type(choice)
+                   for choice in typing.get_args(hint))
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if hint is str:
+        return isinstance(value, str)
+    if isinstance(origin, type):  # Mapping[str, Any], Sequence[int]...
+        return isinstance(value, origin) and not isinstance(value, str)
+    return True
+
+
+def _describe_hint(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe_hint(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
+    if hint is None or hint is type(None):
+        return "None"
+    origin = typing.get_origin(hint)
+    return getattr(origin or hint, "__name__", str(hint))
 
 
 _METHODS: Registry[type[AdaptationMethod]] = Registry("method", "emobridge.methods")

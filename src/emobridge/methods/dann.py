@@ -9,13 +9,18 @@ progress ``p`` in [0, 1], scaled by ``domain_weight``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
 from emobridge.errors import EmobridgeError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import NeuralMethod
+from emobridge.methods.neural import NeuralMethod, Normalise
+from emobridge.methods.phases import FitData
 from emobridge.models.layers import GradientReversal, dann_lambda
 from emobridge.training import Batch, EpochContext
 
@@ -37,30 +42,48 @@ class DANN(NeuralMethod):
         Width of the domain classifier's hidden layer.
     schedule_gamma:
         The 10 in ``2 / (1 + exp(-gamma p)) - 1``; 0 gives a constant ``domain_weight``.
-    **kwargs:
-        Every :class:`NeuralMethod` parameter.
+    backbone, ..., resume:
+        Every :class:`~emobridge.methods.neural.NeuralMethod` parameter.
     """
 
     name = "dann"
 
-    def __init__(self, domain_weight: float = 1.0, domain_hidden: int = 128,
-                 schedule_gamma: float = 10.0, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.domain_weight = domain_weight
-        self.domain_hidden = domain_hidden
-        self.schedule_gamma = schedule_gamma
+    def __init__(
+        self,
+        *,
+        domain_weight: float = 1.0,
+        domain_hidden: int = 128,
+        schedule_gamma: float = 10.0,
+        # every NeuralMethod parameter (method-specific defaults where they differ)
+        backbone: str = "auto",
+        backbone_params: Mapping[str, Any] | None = None,
+        normalise: Normalise = "global",
+        class_weight: str | None = None,
+        epochs: int = 50,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_decay_gamma: float = 1.0,
+        lr_decay_every_epochs: int = 0,
+        patience: int | None = None,
+        crop_frames: int | None = None,
+        max_grad_norm: float | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        checkpoint_dir: str | Path | None = None,
+        log_csv: str | Path | None = None,
+        progress: bool = False,
+        resume: bool = False,
+    ) -> None:
+        self._store_params(locals())
 
-    def fit(self, source: EmotionData, target_unlabelled: EmotionData | None = None,
-            target_labelled: EmotionData | None = None,
-            validation: EmotionData | None = None) -> DANN:
-        if (target_unlabelled is None or not len(target_unlabelled)) and (
-                target_labelled is None or not len(target_labelled)):
+    def select_data(self, data: FitData) -> FitData:
+        if data.target is None:
             raise EmobridgeError("dann: needs target data (target_unlabelled) to align with")
-        super().fit(source, target_unlabelled, target_labelled, validation)
-        return self
+        return data
 
-    def _build_model(self) -> nn.Module:
-        model = super()._build_model()
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
         dim = model.embedding_dim
         model.grl = GradientReversal(0.0)
         model.domain_classifier = nn.Sequential(
@@ -68,13 +91,9 @@ class DANN(NeuralMethod):
             nn.Linear(self.domain_hidden, 2))
         return model
 
-    def _training_streams(self, source: EmotionData, target_unlabelled: EmotionData | None,
-                          target_labelled: EmotionData | None) -> dict[str, EmotionData]:
-        streams = {"source": source}
-        parts = [d for d in (target_unlabelled, target_labelled) if d is not None]
+    def training_streams(self, data: FitData) -> dict[str, EmotionData]:
         # Labelled target rows (few-shot) keep their labels: they also feed the classifier.
-        streams["target"] = EmotionData.concat(parts)
-        return streams
+        return {"source": data.source, "target": data.target}
 
     def lambda_at(self, progress: float) -> float:
         """Reversal strength at training progress ``progress`` in [0, 1]."""

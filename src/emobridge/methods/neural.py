@@ -1,48 +1,76 @@
-"""Base class of the torch methods: input standardisation, the backbone, the training loop,
-batched prediction, embeddings and save / load.
+"""Base class of the torch methods: one fixed ``fit`` sequence with hooks, batched
+prediction, embeddings and save / load.
 
 A subclass is a :class:`NeuralMethod` (so an :class:`~emobridge.methods.base.AdaptationMethod`)
-*and* a :class:`~emobridge.training.TrainingTask`: it plugs its loss into the shared
-:class:`~emobridge.training.Trainer` by overriding a few hooks::
+*and* a :class:`~emobridge.training.TrainingTask`, and is only its own maths: it overrides the
+hooks it needs and nothing else. :meth:`NeuralMethod.fit` always runs, in this order:
+
+1. ``check_param_types()`` (every parameter against its annotation), then
+   ``check_params()`` -- the method's own value checks (raise
+   :class:`~emobridge.errors.ConfigError`); default: nothing.
+2. Shared input checks: non-empty, fully labelled source; every input with the source's
+   classes and feature shape; ``target_labelled`` fully labelled. The labels of
+   ``target_unlabelled`` are then hidden: no hook can read them.
+3. ``select_data(data: FitData) -> FitData`` -- the method's own input requirements and
+   selection (e.g. "needs target data"); default: ``data`` unchanged.
+4. Shapes: ``classes_``, ``input_dim_``, ``is_sequence_``, ``backbone_`` (resolved).
+5. ``seed_everything(seed)``, then ``model_ = build_model()`` -- default
+   :class:`~emobridge.models.EmotionClassifier` over :meth:`NeuralMethod.build_backbone`.
+6. ``normaliser_ = fit_normaliser(data)`` -- default: a :class:`FeatureNormaliser`
+   (``normalise``) fitted on ``normalisation_sets(data)`` (default: every training input);
+   every input is then standardised.
+7. ``init_state(data)`` -- per-fit state (pools, memories...) from the standardised data;
+   default: nothing. May set ``class_weights_``.
+8. For each :class:`Phase` yielded by ``phases(data)`` (lazily: code between two ``yield``
+   runs after the previous phase trained): a :class:`~emobridge.training.Trainer` with
+   ``train_config()`` updated by ``phase.config`` trains ``model_`` on ``phase.streams``
+   with ``phase.task`` (default: the method). Before the first phase ``class_weights_`` is
+   computed from its streams unless ``init_state`` set it. The result goes to
+   ``phase.result_attr`` (``train_result_``); ``history_`` concatenates the phases' records.
+   Default ``phases``: one phase ``"train"`` on ``training_streams(data)`` (default
+   ``{"source": source}``) validated on ``data.validation``.
+9. ``finish_fit(data)`` -- expose results, drop references to training data; default:
+   nothing. The model is left in eval mode.
+
+A multi-phase method (NNPM: pre-training, then adaptation) yields several phases, each with
+its own ``task`` (:class:`CrossEntropyTask` for plain supervised training), streams and
+``config`` overrides (``phase_paths(name)`` gives each phase its own checkpoint folder and
+CSV). A one-phase method overrides ``training_streams`` and ``training_step`` (plus
+``build_model`` for extra modules)::
 
     @register_method
     class MyMethod(NeuralMethod):
         name = "my_method"
 
-        def __init__(self, alpha: float = 1.0, **kwargs):
-            super().__init__(**kwargs)      # every NeuralMethod parameter stays available
-            self.alpha = alpha
+        def __init__(self, *, alpha: float = 1.0, backbone: str = "auto", ...every
+                     NeuralMethod parameter..., resume: bool = False) -> None:
+            self._store_params(locals())  # explicit keywords, stored as given
 
-        def _training_streams(self, source, target_unlabelled, target_labelled):
-            return {"source": source, "target": target_unlabelled}
+        def select_data(self, data):
+            if data.target is None:
+                raise EmobridgeError("my_method: needs target data")
+            return data
+
+        def training_streams(self, data):
+            return {"source": data.source, "target": data.target}
 
         def training_step(self, batches, ctx):
             ce = self.supervised_loss(batches["source"])
             ...
-            return {"loss": ce + self.alpha * other, "ce": ce, "other": other}
+            return {"loss": ce + self.alpha * other, "ce": ce.detach(), "other": other}
 
-Hooks (all optional except what the default does not cover):
-
-- :meth:`_normalisation_sets` which data fit the standardisation statistics;
-- :meth:`_training_streams` the named streams the trainer batches (already standardised);
-- :meth:`_validation_data` the data monitored for early stopping;
-- :meth:`_build_model` the ``nn.Module`` (default :class:`EmotionClassifier` over the backbone);
-- the :class:`~emobridge.training.TrainingTask` hooks ``training_step``, ``on_fit_start``,
-  ``on_epoch_start``, ``on_epoch_end``, ``validate``, ``predict_logits``,
-  ``configure_optimizer``, ``training_state`` / ``load_training_state``.
-
-Parameters of subclasses: ``__init__(self, own params..., **kwargs)`` forwarding ``kwargs`` to
-``super().__init__``; :meth:`param_names` collects the parameters along the class hierarchy,
-so ``get_params``, ``build_method`` and :meth:`save` / :meth:`load` see all of them.
+The :class:`~emobridge.training.TrainingTask` hooks (``on_fit_start``, ``on_epoch_start``,
+``on_epoch_end``, ``validate``, ``predict_logits``, ``configure_optimizer``,
+``training_state`` / ``load_training_state``) work as documented there.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -52,128 +80,34 @@ from emobridge.errors import ConfigError, EmobridgeError
 from emobridge.fileio import atomic_path, write_json_atomic
 from emobridge.methods.base import AdaptationMethod, available_methods
 from emobridge.methods.data import UNLABELLED, EmotionData
+from emobridge.methods.normalise import FeatureNormaliser, Normalise
+from emobridge.methods.phases import FitData, Phase
 from emobridge.models import EmotionClassifier, build_backbone, resolve_backbone
-from emobridge.training import (
-    Batch,
-    EpochContext,
-    TrainConfig,
-    Trainer,
-    TrainingTask,
-    TrainResult,
-    seed_everything,
-)
+from emobridge.runtime import seed_everything
+from emobridge.training import Batch, EpochContext, TrainConfig, Trainer, TrainingTask
 
-Normalise = Literal["global", "per_corpus", "per_speaker", "none"]
-
-__all__ = ["FeatureNormaliser", "NeuralMethod", "Normalise"]
+__all__ = ["CrossEntropyTask", "FeatureNormaliser", "FitData", "NeuralMethod", "Normalise",
+           "Phase"]
 
 
-# ----------------------------------------------------------------------------- normalisation
-
-class FeatureNormaliser:
-    """Per-dimension z-scoring of features, fitted on training data.
-
-    Modes
-    -----
-    ``global``
-        One mean / std over every frame (or vector) of the fitting data.
-    ``per_corpus``
-        One mean / std per language (:class:`EmotionData` carries languages, not corpus names,
-        so corpora of one language share statistics). At prediction time a language seen in
-        fitting uses its stored statistics; an unseen language is standardised with the
-        statistics of the data being predicted (transductive, as usual for per-corpus
-        normalisation in cross-corpus SER).
-    ``per_speaker``
-        Each speaker's utterances z-scored with that speaker's own statistics, at training and
-        prediction time alike (speaker ids come with the data). Removes speaker and channel
-        offsets; needs several utterances per speaker (a speaker with a single vector becomes
-        all zeros).
-    ``none``
-        Features pass through unchanged (as float32).
-
-    Per-corpus / per-speaker z-scoring helps cross-corpus transfer a lot: it removes much of the
-    recording-condition and speaker shift. Target statistics estimated from unlabelled target
-    data are legitimate in unsupervised adaptation (no labels are read). Dimensions with a std
-    below ``eps`` are only centred.
-    """
-
-    MODES = ("global", "per_corpus", "per_speaker", "none")
-
-    def __init__(self, mode: Normalise = "global", eps: float = 1e-5) -> None:
-        if mode not in self.MODES:
-            raise ConfigError(f"normalise must be one of {self.MODES}, got {mode!r}")
-        self.mode = mode
-        self.eps = eps
-        self.stats_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    @staticmethod
-    def _stats(features: Sequence[np.ndarray], eps: float) -> tuple[np.ndarray, np.ndarray]:
-        # Running sums in float64: concatenating every frame of a corpus would not fit memory.
-        total = np.zeros(features[0].shape[-1])
-        total_sq = np.zeros_like(total)
-        count = 0
-        for f in features:
-            f2 = np.asarray(f, dtype=np.float64).reshape(-1, f.shape[-1])
-            total += f2.sum(axis=0)
-            total_sq += (f2 * f2).sum(axis=0)
-            count += f2.shape[0]
-        mean = total / count
-        var = np.maximum(total_sq / count - mean * mean, 0.0)
-        std = np.sqrt(var)
-        std[std < eps] = 1.0
-        return mean.astype(np.float32), std.astype(np.float32)
-
-    def _keys(self, data: EmotionData) -> np.ndarray:
-        if self.mode == "per_corpus":
-            return np.asarray([str(v) for v in data.languages], dtype=object)
-        if self.mode == "per_speaker":
-            return np.asarray([str(v) for v in data.speakers], dtype=object)
-        return np.full(len(data), "__all__", dtype=object)
-
-    def fit(self, datasets: Sequence[EmotionData]) -> FeatureNormaliser:
-        """Fit statistics on the union of ``datasets`` (``None`` entries ignored)."""
-        datasets = [d for d in datasets if d is not None and len(d)]
-        if not datasets:
-            raise EmobridgeError("FeatureNormaliser.fit: no data")
-        self.stats_ = {}
-        if self.mode in ("none", "per_speaker"):
-            return self
-        groups: dict[str, list[np.ndarray]] = {}
-        for d in datasets:
-            for key, f in zip(self._keys(d), d.features, strict=True):
-                groups.setdefault(key, []).append(f)
-        self.stats_ = {k: self._stats(v, self.eps) for k, v in groups.items()}
-        return self
-
-    def transform(self, data: EmotionData) -> EmotionData:
-        """A copy of ``data`` with standardised float32 features."""
-        if self.mode == "none" or not len(data):
-            feats = [np.asarray(f, dtype=np.float32) for f in data.features]
-        else:
-            keys = self._keys(data)
-            stats = dict(self.stats_)
-            missing = sorted(set(keys) - set(stats))
-            for key in missing:  # per-speaker always; unseen languages per corpus
-                stats[key] = self._stats([f for k, f in zip(keys, data.features, strict=True)
-                                          if k == key], self.eps)
-            feats = [((np.asarray(f, dtype=np.float32) - stats[k][0]) / stats[k][1])
-                     .astype(np.float32) for k, f in zip(keys, data.features, strict=True)]
-        return EmotionData(feats, data.labels, data.speakers, data.languages, data.ids,
-                           data.classes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "eps": self.eps,
-                "stats": {k: [m.tolist(), s.tolist()] for k, (m, s) in self.stats_.items()}}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FeatureNormaliser:
-        norm = cls(d["mode"], d.get("eps", 1e-5))
-        norm.stats_ = {k: (np.asarray(m, np.float32), np.asarray(s, np.float32))
-                       for k, (m, s) in d.get("stats", {}).items()}
-        return norm
+def _describe(data: EmotionData | None = None, is_sequence: bool = False, dim: int = 0) -> str:
+    if data is not None:
+        is_sequence, dim = data.is_sequence, data.dim
+    return f"{'frames' if is_sequence else 'vectors'} of {dim} dims"
 
 
-# ----------------------------------------------------------------------------- the method
+class CrossEntropyTask(TrainingTask):
+    """Plain supervised training of a method's model: its class-weighted cross-entropy on
+    the labelled rows of every stream, validated with the classifier's logits (e.g. NNPM's
+    pre-training phase)."""
+
+    def __init__(self, method: NeuralMethod) -> None:
+        self.method = method
+
+    def training_step(self, batches: dict[str, Batch], ctx: EpochContext
+                      ) -> dict[str, torch.Tensor]:
+        return self.method.cross_entropy_step(batches)
+
 
 class NeuralMethod(AdaptationMethod, TrainingTask):
     """Torch method base: standardise, build a backbone, train with the shared loop.
@@ -218,6 +152,7 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
 
     def __init__(
         self,
+        *,
         backbone: str = "auto",
         backbone_params: Mapping[str, Any] | None = None,
         normalise: Normalise = "global",
@@ -233,49 +168,14 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         max_grad_norm: float | None = None,
         device: str = "auto",
         seed: int = 0,
-        checkpoint_dir: str | None = None,
-        log_csv: str | None = None,
+        checkpoint_dir: str | Path | None = None,
+        log_csv: str | Path | None = None,
         progress: bool = False,
         resume: bool = False,
     ) -> None:
-        self.backbone = backbone
-        self.backbone_params = backbone_params
-        self.normalise = normalise
-        self.class_weight = class_weight
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.lr_decay_gamma = lr_decay_gamma
-        self.lr_decay_every_epochs = lr_decay_every_epochs
-        self.patience = patience
-        self.crop_frames = crop_frames
-        self.max_grad_norm = max_grad_norm
-        self.device = device
-        self.seed = seed
-        self.checkpoint_dir = checkpoint_dir
-        self.log_csv = log_csv
-        self.progress = progress
-        self.resume = resume
+        self._store_params(locals())
 
     # -- parameters ----------------------------------------------------------------------
-    @classmethod
-    def param_names(cls) -> list[str]:
-        """Constructor parameters along the class hierarchy (subclasses take ``**kwargs``)."""
-        names: list[str] = []
-        for klass in cls.__mro__:
-            if not (isinstance(klass, type) and issubclass(klass, NeuralMethod)):
-                continue
-            if "__init__" not in vars(klass):
-                continue
-            sig = inspect.signature(klass.__init__)
-            for p in sig.parameters.values():
-                if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                    continue
-                if p.name not in names:
-                    names.append(p.name)
-        return names
-
     def train_config(self) -> TrainConfig:
         """The :class:`TrainConfig` these parameters describe."""
         return TrainConfig(
@@ -287,38 +187,66 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
             log_csv=self.log_csv, progress=self.progress, resume=self.resume,
         )
 
-    # -- hooks for subclasses ------------------------------------------------------------
-    def _normalisation_sets(self, source: EmotionData, target_unlabelled: EmotionData | None,
-                            target_labelled: EmotionData | None) -> list[EmotionData]:
-        """Data the standardisation statistics are fitted on. Default: every training input
-        the method uses (source, unlabelled target, labelled target). ``source_only``
-        overrides this to the source alone."""
-        return [d for d in (source, target_unlabelled, target_labelled) if d is not None]
+    def phase_paths(self, phase: str) -> dict[str, str | None]:
+        """Per-phase ``checkpoint_dir`` (a sub-folder named ``phase``) and ``log_csv``
+        (``<stem>.<phase>.csv``), for :attr:`Phase.config` of multi-phase methods."""
+        ckpt = None if self.checkpoint_dir is None else str(Path(self.checkpoint_dir) / phase)
+        log = None if self.log_csv is None else str(
+            Path(self.log_csv).with_name(f"{Path(self.log_csv).stem}.{phase}.csv"))
+        return {"checkpoint_dir": ckpt, "log_csv": log}
 
-    def _training_streams(self, source: EmotionData, target_unlabelled: EmotionData | None,
-                          target_labelled: EmotionData | None) -> dict[str, EmotionData]:
-        """Named training streams (standardised). Default: ``{"source": source}``."""
-        return {"source": source}
+    # -- hooks (see the module docstring for the order) ----------------------------------
+    def check_params(self) -> None:
+        """Raise :class:`ConfigError` for a bad parameter value. Default: nothing."""
 
-    def _validation_data(self, validation: EmotionData | None, source: EmotionData,
-                         target_unlabelled: EmotionData | None,
-                         target_labelled: EmotionData | None) -> EmotionData | None:
-        """Data monitored for early stopping (standardised). Default: ``validation``."""
-        return validation
+    def select_data(self, data: FitData) -> FitData:
+        """The method's own input requirements and selection. Default: ``data``."""
+        return data
 
-    def _build_model(self) -> nn.Module:
-        """The module to train; default :class:`EmotionClassifier` over the backbone."""
-        return EmotionClassifier(self._build_backbone(), len(self.classes_))
+    def build_model(self) -> nn.Module:
+        """The module to train; default :class:`EmotionClassifier` over the backbone. Also
+        used by :meth:`load`, so it may read only parameters and shapes (``classes_``,
+        ``input_dim_``, ``is_sequence_``, ``backbone_``) and attributes restored with the
+        weights."""
+        return EmotionClassifier(self.build_backbone(), len(self.classes_))
 
-    def _build_backbone(self) -> nn.Module:
+    def build_backbone(self) -> nn.Module:
+        """The backbone named by ``backbone_`` with ``backbone_params``."""
         return build_backbone(self.backbone_, self.input_dim_, self.is_sequence_,
                               self.backbone_params)
+
+    def normalisation_sets(self, data: FitData) -> list[EmotionData]:
+        """Data the standardisation statistics are fitted on. Default: every training
+        input (source, unlabelled target, labelled target)."""
+        return data.training
+
+    def fit_normaliser(self, data: FitData) -> FeatureNormaliser:
+        """The fitted standardisation (raw ``data``; ``model_`` is built)."""
+        return FeatureNormaliser(self.normalise).fit(self.normalisation_sets(data))
+
+    def init_state(self, data: FitData) -> None:
+        """Per-fit state from the standardised ``data``. Default: nothing."""
+
+    def training_streams(self, data: FitData) -> dict[str, EmotionData]:
+        """Streams of the default single phase. Default: ``{"source": data.source}``."""
+        return {"source": data.source}
+
+    def phases(self, data: FitData) -> Iterator[Phase]:
+        """The training runs, in order. Default: one phase ``"train"``."""
+        yield Phase("train", self.training_streams(data), validation=data.validation)
+
+    def finish_fit(self, data: FitData) -> None:
+        """After the last phase. Default: nothing."""
 
     # -- TrainingTask defaults -----------------------------------------------------------
     def training_step(
         self, batches: dict[str, Batch], ctx: EpochContext
     ) -> dict[str, torch.Tensor]:
         """Cross-entropy on the labelled rows of every stream's batch."""
+        return self.cross_entropy_step(batches)
+
+    def cross_entropy_step(self, batches: dict[str, Batch]) -> dict[str, torch.Tensor]:
+        """Mean over streams of :meth:`supervised_loss` (streams with labelled rows)."""
         losses = [self.supervised_loss(b) for b in batches.values() if bool(b.labelled.any())]
         if not losses:
             raise EmobridgeError(f"{self.name}: a training batch has no labelled utterance")
@@ -338,24 +266,7 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         return nn.functional.cross_entropy(logits, batch.y, weight=weight,
                                            ignore_index=UNLABELLED, reduction=reduction)
 
-    # -- fit / predict -------------------------------------------------------------------
-    def _check_inputs(self, source: EmotionData, *others: EmotionData | None) -> None:
-        if source is None or not len(source):
-            raise EmobridgeError(f"{self.name}: source data is empty")
-        if not source.is_labelled:
-            raise EmobridgeError(f"{self.name}: source data must be fully labelled")
-        for d in others:
-            if d is None or not len(d):
-                continue
-            if d.classes != source.classes:
-                raise EmobridgeError(f"{self.name}: classes {d.classes} differ from the "
-                                     f"source's {source.classes}")
-            if d.is_sequence != source.is_sequence or d.dim != source.dim:
-                raise EmobridgeError(
-                    f"{self.name}: features do not match the source's "
-                    f"({'frames' if d.is_sequence else 'vectors'} of {d.dim} dims vs "
-                    f"{'frames' if source.is_sequence else 'vectors'} of {source.dim})")
-
+    # -- fit -----------------------------------------------------------------------------
     def fit(
         self,
         source: EmotionData,
@@ -363,44 +274,70 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         target_labelled: EmotionData | None = None,
         validation: EmotionData | None = None,
     ) -> NeuralMethod:
-        """Standardise, build the model, train (see the class docstring for the hooks)."""
-        self._check_inputs(source, target_unlabelled, target_labelled, validation)
-        if target_unlabelled is not None and len(target_unlabelled):
-            # An unsupervised method must never read target labels.
-            target_unlabelled = target_unlabelled.without_labels()
-        if target_labelled is not None and len(target_labelled) and \
-                not target_labelled.is_labelled:
-            raise EmobridgeError(f"{self.name}: target_labelled has unlabelled utterances")
-        self.classes_ = tuple(source.classes)
-        self.input_dim_ = source.dim
-        self.is_sequence_ = source.is_sequence
+        """Train; the fixed sequence of hooks is in the module docstring."""
+        self.check_param_types()
+        self.check_params()
+        data = self.select_data(self._inputs(source, target_unlabelled, target_labelled,
+                                             validation))
+        self.classes_ = tuple(data.source.classes)
+        self.input_dim_ = data.source.dim
+        self.is_sequence_ = data.source.is_sequence
         self.backbone_ = resolve_backbone(self.backbone, self.input_dim_, self.is_sequence_)
-        config = self.train_config()
-        trainer = Trainer(config)
-        self.device_ = trainer.device
-
-        self.normaliser_ = FeatureNormaliser(self.normalise).fit(
-            self._normalisation_sets(source, target_unlabelled, target_labelled))
-        prep = self.normaliser_.transform
-        src = prep(source)
-        tgt_u = prep(target_unlabelled) if target_unlabelled is not None and len(
-            target_unlabelled) else None
-        tgt_l = prep(target_labelled) if target_labelled is not None and len(
-            target_labelled) else None
-        val = prep(validation) if validation is not None and len(validation) else None
-
+        self.trainer_ = None
         seed_everything(self.seed)  # model initialisation depends on the seed only
-        self.model_ = self._build_model().to(self.device_)
-        streams = self._training_streams(src, tgt_u, tgt_l)
-        self.class_weights_ = self._class_weights(streams)
-        val = self._validation_data(val, src, tgt_u, tgt_l)
-        self.trainer_ = trainer
-        self.train_result_: TrainResult = trainer.fit(self.model_, self, streams, validation=val)
-        self.history_ = self.train_result_.history
+        self.model_ = self.build_model()
+        self.normaliser_ = self.fit_normaliser(data)
+        data = data.map(self.normaliser_.transform)
+        self.class_weights_ = None
+        self.train_result_ = None
+        self.history_: list[dict[str, Any]] = []
+        self.init_state(data)
+        for index, phase in enumerate(self.phases(data)):
+            if index == 0 and self.class_weights_ is None:
+                self.class_weights_ = self._class_weights(phase.streams)
+            self._run_phase(phase)
+        self.finish_fit(data)
         self.model_.eval()
         return self
 
+    def _inputs(self, source: EmotionData, target_unlabelled: EmotionData | None,
+                target_labelled: EmotionData | None, validation: EmotionData | None) -> FitData:
+        """Step 2: shared checks; the labels of ``target_unlabelled`` hidden."""
+        if source is None or not len(source):
+            raise EmobridgeError(f"{self.name}: source data is empty")
+        if not source.is_labelled:
+            raise EmobridgeError(f"{self.name}: source data must be fully labelled")
+        for d in (target_unlabelled, target_labelled, validation):
+            if d is None or not len(d):
+                continue
+            if d.classes != source.classes:
+                raise EmobridgeError(f"{self.name}: classes {d.classes} differ from the "
+                                     f"source's {source.classes}")
+            if d.is_sequence != source.is_sequence or d.dim != source.dim:
+                raise EmobridgeError(f"{self.name}: features do not match the source's "
+                                     f"({_describe(d)} vs {_describe(source)})")
+        data = FitData(source, target_unlabelled, target_labelled, validation)
+        if data.target_labelled is not None and not data.target_labelled.is_labelled:
+            raise EmobridgeError(f"{self.name}: target_labelled has unlabelled utterances")
+        if data.target_unlabelled is not None:
+            # An unsupervised method must never read target labels.
+            data.target_unlabelled = data.target_unlabelled.without_labels()
+        return data
+
+    def _run_phase(self, phase: Phase) -> None:
+        """Step 8 for one phase: train, store the result, extend ``history_``."""
+        trainer = Trainer(replace(self.train_config(), **dict(phase.config)))
+        self.trainer_ = trainer
+        self.device_ = trainer.device
+        self.model_.to(self.device_)
+        result = trainer.fit(self.model_, phase.task or self, phase.streams,
+                             validation=phase.validation, primary=phase.primary)
+        setattr(self, phase.result_attr, result)
+        tag = {} if phase.name == "train" else {"phase": phase.name}
+        self.history_ += [{**tag, **record} for record in result.history]
+
     def _class_weights(self, streams: Mapping[str, EmotionData]) -> torch.Tensor | None:
+        """``class_weight="balanced"``: inverse class frequencies of the labelled rows."""
         if self.class_weight is None:
             return None
         if self.class_weight != "balanced":
@@ -413,6 +350,7 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
                            0.0)
         return torch.as_tensor(weights, dtype=torch.float32)
 
+    # -- predict -------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise EmobridgeError(f"{self.name}: call fit() (or load()) first")
@@ -423,9 +361,9 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
             raise EmobridgeError(f"{self.name}: no utterances to predict")
         if data.is_sequence != self.is_sequence_ or data.dim != self.input_dim_:
             raise EmobridgeError(
-                f"{self.name}: the model expects {'frames' if self.is_sequence_ else 'vectors'}"
-                f" of {self.input_dim_} dims, got "
-                f"{'frames' if data.is_sequence else 'vectors'} of {data.dim}")
+                f"{self.name}: the model expects "
+                f"{_describe(is_sequence=self.is_sequence_, dim=self.input_dim_)}, got "
+                f"{_describe(data)}")
         return self.normaliser_.transform(data)
 
     def _trainer(self) -> Trainer:
@@ -441,6 +379,7 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
 
     def predict_proba(self, data: EmotionData) -> np.ndarray:
         """Softmax of the logits, ``(len(data), n_classes)``."""
+        self.check_params()
         logits = torch.as_tensor(self.predict_logits_np(data))
         return torch.softmax(logits, dim=1).numpy().astype(np.float64)
 
@@ -455,27 +394,15 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         """Write ``method.json`` (name, params, classes, input shape, normaliser) and the
         weights (``model.safetensors``, or ``model.pt`` without safetensors) to ``directory``
         atomically per file."""
+        from emobridge import __version__
+
         self._check_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
-        try:
-            from safetensors.torch import save_file
-        except ImportError:
-            save_file = None
-        if save_file is not None:
-            weights = "model.safetensors"
-            with atomic_path(directory / weights) as tmp:
-                save_file(state, str(tmp))
-        else:
-            weights = "model.pt"
-            with atomic_path(directory / weights) as tmp:
-                torch.save(state, tmp)
-        from emobridge import __version__
-
+        weights = _save_weights(self.model_, directory)
         write_json_atomic(directory / "method.json", {
             "method": self.name,
-            "params": _jsonable(self.get_params()),
+            "params": self.get_params(),
             "classes": list(self.classes_),
             "input_dim": self.input_dim_,
             "is_sequence": self.is_sequence_,
@@ -495,14 +422,13 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         if not meta_path.exists():
             raise EmobridgeError(f"{directory}: no method.json (not a saved NeuralMethod)")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        methods = available_methods()
-        klass = methods.get(meta["method"], cls if meta["method"] == cls.name else None)
+        klass = available_methods().get(meta["method"],
+                                        cls if meta["method"] == cls.name else None)
         if klass is None:
             raise EmobridgeError(f"{meta_path}: unknown method {meta['method']!r}")
-        params = dict(meta["params"])
+        params = {**meta["params"], "resume": False}
         if device is not None:
             params["device"] = device
-        params["resume"] = False
         method = klass(**{k: v for k, v in params.items() if k in klass.param_names()})
         method.classes_ = tuple(meta["classes"])
         method.input_dim_ = int(meta["input_dim"])
@@ -512,29 +438,38 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         method.history_ = meta.get("history", [])
         method.class_weights_ = None
         trainer = method._trainer()
-        method.model_ = method._build_model()
-        path = directory / meta["weights"]
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            method.model_.load_state_dict(state)
-        except RuntimeError as exc:
-            raise EmobridgeError(f"{path}: weights do not fit the model: {exc}") from None
+        method.model_ = method.build_model()
+        _load_weights(method.model_, directory / meta["weights"])
         method.model_.to(trainer.device).eval()
         return method
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    return value
+def _save_weights(model: nn.Module, directory: Path) -> str:
+    """Write ``model``'s weights into ``directory``; the file name."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        save_file = None
+    name = "model.safetensors" if save_file is not None else "model.pt"
+    with atomic_path(directory / name) as tmp:
+        if save_file is not None:
+            save_file(state, str(tmp))
+        else:
+            torch.save(state, tmp)
+    return name
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    """Load weights written by :func:`_save_weights` (never unpickling objects)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise EmobridgeError(f"{path}: weights do not fit the model: {first}") from None

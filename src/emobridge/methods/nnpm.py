@@ -27,8 +27,9 @@ Training has two phases.
      forward pass (train mode, dropout active, cropped when ``crop_frames`` is set), detached.
 
    The first ``freeze_conv_layers`` convolution layers of the backbone are frozen during
-   adaptation (SNSA has two; backbones without ``conv_layers``, e.g. the attention head over
-   precomputed encoder features, freeze nothing: their encoder is already fixed).
+   adaptation (by default SNSA's two; backbones without convolution layers, e.g. the
+   attention head over precomputed encoder features, freeze nothing by default: their
+   encoder is already fixed. Asking them for frozen layers is an error, not a no-op).
 
 Variants (the paper's ablations, ``variant``):
 
@@ -87,7 +88,10 @@ target_weight:
 no_positive, fallback_top_k:
     See above.
 freeze_conv_layers:
-    Convolution layers frozen during adaptation, counted from the input (2).
+    Convolution layers frozen during adaptation, counted from the input. ``None``
+    (default): the paper's 2 (at most the backbone's count) on a backbone with convolution
+    layers (SNSA), 0 on one without (``mlp``, ``attention``); a number > 0 for a backbone
+    without convolution layers raises :class:`~emobridge.errors.ConfigError`.
 prediction, vote_top_k, vote_temperature:
     See above.
 epoch_stream:
@@ -96,7 +100,7 @@ adapt_early_stopping:
     Apply ``patience`` / best-epoch restoration in phase 2 as well.
 lr, weight_decay, epochs:
     Adaptation optimiser and length (paper: 1e-4, 5e-5, 50).
-**kwargs:
+backbone, ..., resume:
     Every other :class:`~emobridge.methods.neural.NeuralMethod` parameter (``backbone``,
     ``normalise``, ``batch_size`` (32), ``crop_frames``, ``patience``, ``seed``...).
 
@@ -113,7 +117,7 @@ model_.memory:
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -124,8 +128,13 @@ from torch import nn
 from emobridge.errors import ConfigError, EmobridgeError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import FeatureNormaliser, NeuralMethod
-from emobridge.models import resolve_backbone
+from emobridge.methods.neural import (
+    CrossEntropyTask,
+    FeatureNormaliser,
+    NeuralMethod,
+    Normalise,
+)
+from emobridge.methods.phases import FitData, Phase
 from emobridge.models.memory import (
     ExternalMemory,
     hard_negative_mask,
@@ -134,16 +143,7 @@ from emobridge.models.memory import (
     pseudo_multilabel_loss,
     pseudo_multilabels,
 )
-from emobridge.training import (
-    Batch,
-    EpochContext,
-    FunctionTask,
-    TrainConfig,
-    Trainer,
-    TrainResult,
-    seed_everything,
-    set_trainable,
-)
+from emobridge.training import Batch, EpochContext, TrainResult, set_trainable
 
 Variant = Literal["nnpm", "snsa_f", "wo_sl", "wo_hl"]
 Prediction = Literal["classifier", "memory_vote", "mix"]
@@ -162,6 +162,7 @@ class NNPM(NeuralMethod):
 
     def __init__(
         self,
+        *,
         variant: Variant = "nnpm",
         pretrain_epochs: int = 30,
         pretrain_lr: float = 1e-3,
@@ -172,37 +173,37 @@ class NNPM(NeuralMethod):
         target_weight: float = 1.0,
         no_positive: Literal["top_k", "skip", "negatives_only"] = "top_k",
         fallback_top_k: int = 1,
-        freeze_conv_layers: int = 2,
+        freeze_conv_layers: int | None = None,
         prediction: Prediction = "classifier",
         vote_top_k: int = 10,
         vote_temperature: float = 0.1,
         epoch_stream: Literal["source", "target"] = "target",
         adapt_early_stopping: bool = False,
+        # every NeuralMethod parameter (method-specific defaults where they differ)
+        backbone: str = "auto",
+        backbone_params: Mapping[str, Any] | None = None,
+        normalise: Normalise = "global",
+        class_weight: str | None = None,
+        epochs: int = 50,
+        batch_size: int = 32,
         lr: float = 1e-4,
         weight_decay: float = 5e-5,
-        epochs: int = 50,
-        **kwargs: Any,
+        lr_decay_gamma: float = 1.0,
+        lr_decay_every_epochs: int = 0,
+        patience: int | None = None,
+        crop_frames: int | None = None,
+        max_grad_norm: float | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        checkpoint_dir: str | Path | None = None,
+        log_csv: str | Path | None = None,
+        progress: bool = False,
+        resume: bool = False,
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, epochs=epochs, **kwargs)
-        self.variant = variant
-        self.pretrain_epochs = pretrain_epochs
-        self.pretrain_lr = pretrain_lr
-        self.pretrained = pretrained
-        self.gamma = gamma
-        self.hard_negative_ratio = hard_negative_ratio
-        self.beta_max = beta_max
-        self.target_weight = target_weight
-        self.no_positive = no_positive
-        self.fallback_top_k = fallback_top_k
-        self.freeze_conv_layers = freeze_conv_layers
-        self.prediction = prediction
-        self.vote_top_k = vote_top_k
-        self.vote_temperature = vote_temperature
-        self.epoch_stream = epoch_stream
-        self.adapt_early_stopping = adapt_early_stopping
+        self._store_params(locals())
 
     # -- checks ----------------------------------------------------------------------------
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         if self.variant not in VARIANTS:
             raise ConfigError(f"nnpm: variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.prediction not in PREDICTIONS:
@@ -220,7 +221,7 @@ class NNPM(NeuralMethod):
                               f"'negatives_only', got {self.no_positive!r}")
         if self.fallback_top_k < 1 or self.vote_top_k < 1:
             raise ConfigError("nnpm: fallback_top_k and vote_top_k must be >= 1")
-        if self.freeze_conv_layers < 0:
+        if self.freeze_conv_layers is not None and self.freeze_conv_layers < 0:
             raise ConfigError(f"nnpm: freeze_conv_layers must be >= 0, "
                               f"got {self.freeze_conv_layers}")
         if self.epoch_stream not in ("source", "target"):
@@ -229,27 +230,57 @@ class NNPM(NeuralMethod):
         if self.pretrained is None and self.pretrain_epochs < 1:
             raise ConfigError("nnpm: pretrain_epochs must be >= 1 (or give `pretrained`)")
 
-    # -- model -----------------------------------------------------------------------------
-    def _build_model(self) -> nn.Module:
-        model = super()._build_model()
+    # -- hooks ---------------------------------------------------------------------------
+    def select_data(self, data: FitData) -> FitData:
+        if self.variant != "snsa_f" and data.target is None:
+            raise EmobridgeError("nnpm: needs target data (target_unlabelled) to adapt to")
+        self.n_memory_slots_ = len(data.source)  # one memory slot per source utterance
+        return data
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
         # Slots are sized at fit time (one per source utterance) or from a loaded state.
         model.memory = ExternalMemory(getattr(self, "n_memory_slots_", 0), model.embedding_dim)
         return model
 
-    def _phase_config(self, phase: str) -> TrainConfig:
-        base = self.train_config()
-        sub = None if self.checkpoint_dir is None else str(Path(self.checkpoint_dir) / phase)
-        log = None if self.log_csv is None else str(
-            Path(self.log_csv).with_name(f"{Path(self.log_csv).stem}.{phase}.csv"))
-        if phase == "pretrain":
-            return replace(base, epochs=self.pretrain_epochs, lr=self.pretrain_lr,
-                           weight_decay=0.0, checkpoint_dir=sub, log_csv=log)
-        patience = self.patience if self.adapt_early_stopping else None
-        return replace(base, patience=patience, restore_best=self.adapt_early_stopping,
-                       checkpoint_dir=sub, log_csv=log)
+    def fit_normaliser(self, data: FitData) -> FeatureNormaliser:
+        if self.pretrained is None:
+            return super().fit_normaliser(data)
+        return self._load_pretrained()
 
-    def _load_pretrained(self) -> None:
-        """Weights and standardisation of ``pretrained`` into a freshly built model."""
+    def init_state(self, data: FitData) -> None:
+        # Both phases weigh the cross-entropy by the source's class frequencies.
+        self.class_weights_ = self._class_weights({"source": data.source})
+        self.pretrain_result_: TrainResult | None = None
+        self.frozen_layers_ = 0
+        self._n_freeze = self._layers_to_freeze()  # before training: a bad value fails fast
+
+    def phases(self, data: FitData) -> Iterator[Phase]:
+        """Pre-training (unless ``pretrained``), the memory, then adaptation (unless
+        ``snsa_f``)."""
+        if self.pretrained is None:
+            yield Phase("pretrain", {"source": data.source}, task=CrossEntropyTask(self),
+                        validation=data.validation, result_attr="pretrain_result_",
+                        config={"epochs": self.pretrain_epochs, "lr": self.pretrain_lr,
+                                "weight_decay": 0.0, **self.phase_paths("pretrain")})
+        self._initialise_memory(data.source)
+        if self.variant == "snsa_f":
+            return
+        self.frozen_layers_ = self._freeze(self._n_freeze)
+        yield Phase("adapt", {"source": data.source, "target": data.target},
+                    validation=data.validation, primary=self.epoch_stream,
+                    config={"patience": self.patience if self.adapt_early_stopping else None,
+                            "restore_best": self.adapt_early_stopping,
+                            **self.phase_paths("adapt")})
+
+    def _initialise_memory(self, source: EmotionData) -> None:
+        """The memory: the (pre-trained) embedding of every source utterance."""
+        emb = self._trainer().map_batches(self.model_, source,
+                                          lambda m, b: m.embed(b.x, b.mask))
+        self.model_.memory.initialise(torch.as_tensor(emb), torch.tensor(source.labels))
+
+    def _load_pretrained(self) -> FeatureNormaliser:
+        """Weights of ``pretrained`` into the freshly built model; its standardisation."""
         pre = NeuralMethod.load(self.pretrained, device="cpu")
         if tuple(pre.classes_) != self.classes_:
             raise EmobridgeError(f"nnpm: pretrained model {self.pretrained} has classes "
@@ -271,95 +302,32 @@ class NNPM(NeuralMethod):
             missing, _ = self.model_.load_state_dict(state, strict=False)
         except RuntimeError as exc:
             raise EmobridgeError(f"nnpm: pretrained model {self.pretrained} does not fit "
-                                 f"backbone_params={self.backbone_params}: {exc}") from None
+                                 f"backbone_params={self.backbone_params}: "
+                                 f"{str(exc).strip().splitlines()[0]}") from None
         missing = [k for k in missing if not k.startswith("memory.")]
         if missing:
             raise EmobridgeError(f"nnpm: pretrained model {self.pretrained} lacks {missing[:5]}")
-        self.normaliser_ = pre.normaliser_
+        return pre.normaliser_
 
-    def _freeze(self) -> int:
+    def _layers_to_freeze(self) -> int:
+        """How many convolution layers adaptation freezes (see ``freeze_conv_layers``)."""
         convs = getattr(self.model_.backbone, "conv_layers", None)
-        if convs is None or self.freeze_conv_layers == 0:
-            return 0
-        if self.freeze_conv_layers > len(convs):
-            raise ConfigError(f"nnpm: freeze_conv_layers={self.freeze_conv_layers} but the "
-                              f"backbone has {len(convs)} convolution layers")
-        for conv in list(convs)[: self.freeze_conv_layers]:
-            set_trainable(conv, False)
+        n_convs = 0 if convs is None else len(convs)
+        if self.freeze_conv_layers is None:
+            return min(2, n_convs)
+        if self.freeze_conv_layers > n_convs:
+            what = (f"backbone {self.backbone_!r} has no convolution layers" if not n_convs
+                    else f"the {self.backbone_!r} backbone has {n_convs} convolution layers")
+            raise ConfigError(f"nnpm: freeze_conv_layers={self.freeze_conv_layers} but {what}"
+                              " (leave it unset, or use 0)")
         return int(self.freeze_conv_layers)
 
-    # -- fit -------------------------------------------------------------------------------
-    def fit(
-        self,
-        source: EmotionData,
-        target_unlabelled: EmotionData | None = None,
-        target_labelled: EmotionData | None = None,
-        validation: EmotionData | None = None,
-    ) -> NNPM:
-        """Pre-train on ``source`` (or load ``pretrained``), build the memory, adapt to the
-        target (unlabelled, plus labelled rows if given: they also get cross-entropy)."""
-        self._check_params()
-        self._check_inputs(source, target_unlabelled, target_labelled, validation)
-        has_target = any(d is not None and len(d) for d in (target_unlabelled, target_labelled))
-        if self.variant != "snsa_f" and not has_target:
-            raise EmobridgeError("nnpm: needs target data (target_unlabelled) to adapt to")
-        if target_unlabelled is not None and len(target_unlabelled):
-            target_unlabelled = target_unlabelled.without_labels()  # never read target labels
-        if target_labelled is not None and len(target_labelled) and \
-                not target_labelled.is_labelled:
-            raise EmobridgeError("nnpm: target_labelled has unlabelled utterances")
-        self.classes_ = tuple(source.classes)
-        self.input_dim_ = source.dim
-        self.is_sequence_ = source.is_sequence
-        self.backbone_ = resolve_backbone(self.backbone, self.input_dim_, self.is_sequence_)
-        self.n_memory_slots_ = len(source)
-        self.trainer_ = None
-
-        seed_everything(self.seed)
-        self.model_ = self._build_model()
-        if self.pretrained is not None:
-            self._load_pretrained()
-        else:
-            self.normaliser_ = FeatureNormaliser(self.normalise).fit(
-                self._normalisation_sets(source, target_unlabelled, target_labelled))
-        prep = self.normaliser_.transform
-        src = prep(source)
-        parts = [prep(d) for d in (target_unlabelled, target_labelled)
-                 if d is not None and len(d)]
-        tgt = EmotionData.concat(parts) if parts else None
-        val = prep(validation) if validation is not None and len(validation) else None
-        self.class_weights_ = self._class_weights({"source": src})
-
-        # Phase 1: supervised pre-training (the FunctionTask validates with the classifier).
-        self.pretrain_result_: TrainResult | None = None
-        history: list[dict[str, Any]] = []
-        if self.pretrained is None:
-            pre_trainer = Trainer(self._phase_config("pretrain"))
-            self.device_ = pre_trainer.device
-            task = FunctionTask(lambda batches, ctx: NeuralMethod.training_step(
-                self, batches, ctx))
-            self.pretrain_result_ = pre_trainer.fit(self.model_, task, {"source": src},
-                                                    validation=val)
-            history += [{"phase": "pretrain", **r} for r in self.pretrain_result_.history]
-
-        trainer = Trainer(self._phase_config("adapt"))
-        self.trainer_ = trainer
-        self.device_ = trainer.device
-        self.model_.to(self.device_)
-        # Memory: the pre-trained embeddings of every source utterance.
-        emb = trainer.map_batches(self.model_, src, lambda m, b: m.embed(b.x, b.mask))
-        self.model_.memory.initialise(torch.as_tensor(emb), torch.tensor(src.labels))
-
-        self.frozen_layers_ = 0
-        self.train_result_: TrainResult | None = None
-        if self.variant != "snsa_f":
-            self.frozen_layers_ = self._freeze()
-            self.train_result_ = trainer.fit(self.model_, self, {"source": src, "target": tgt},
-                                             validation=val, primary=self.epoch_stream)
-            history += [{"phase": "adapt", **r} for r in self.train_result_.history]
-        self.history_ = history
-        self.model_.eval()
-        return self
+    def _freeze(self, n_layers: int) -> int:
+        """Freeze the first ``n_layers`` convolution layers; their number."""
+        if n_layers:
+            for conv in list(self.model_.backbone.conv_layers)[:n_layers]:
+                set_trainable(conv, False)
+        return n_layers
 
     # -- the adaptation step ----------------------------------------------------------------
     def training_step(
@@ -415,10 +383,6 @@ class NNPM(NeuralMethod):
         if self.prediction == "memory_vote":
             return torch.log(vote)
         return torch.log(0.5 * torch.softmax(logits, dim=1) + 0.5 * vote)
-
-    def predict_proba(self, data: EmotionData) -> np.ndarray:
-        self._check_params()
-        return super().predict_proba(data)
 
     def memory_similarity(self, data: EmotionData) -> np.ndarray:
         """Cosine similarity ``(len(data), slots)`` of ``data``'s embeddings to the memory."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -21,7 +22,8 @@ from emobridge.errors import ConfigError, EmobridgeError
 from emobridge.methods import pseudo_label_ops as ops
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import NeuralMethod
+from emobridge.methods.neural import NeuralMethod, Normalise
+from emobridge.methods.phases import FitData
 from emobridge.training import Batch, EpochContext, TrainConfig, classification_metrics
 
 Mode = Literal["hard", "soft"]
@@ -119,7 +121,7 @@ class PseudoLabel(NeuralMethod):
         encoder frames); required to crop frame features by ``crop_s``.
     epochs, batch_size, lr, lr_decay_gamma, lr_decay_every_epochs:
         The paper's values as defaults.
-    **kwargs:
+    backbone, ..., resume:
         Every other :class:`~emobridge.methods.neural.NeuralMethod` parameter (backbone,
         normalise, seed, device, patience...).
 
@@ -146,6 +148,7 @@ class PseudoLabel(NeuralMethod):
 
     def __init__(
         self,
+        *,
         mode: Mode = "hard",
         tau: float = 0.5,
         pseudo_label_every_epochs: int | None = 30,
@@ -157,30 +160,31 @@ class PseudoLabel(NeuralMethod):
         selection: Selection = "mean",
         crop_s: float | None = 2.0,
         frame_rate_hz: float | None = None,
+        # every NeuralMethod parameter (method-specific defaults where they differ)
+        backbone: str = "auto",
+        backbone_params: Mapping[str, Any] | None = None,
+        normalise: Normalise = "global",
+        class_weight: str | None = None,
         epochs: int = 100,
         batch_size: int = 100,
         lr: float = 1e-3,
+        weight_decay: float = 0.0,
         lr_decay_gamma: float = 0.95,
         lr_decay_every_epochs: int = 10,
-        **kwargs: Any,
+        patience: int | None = None,
+        crop_frames: int | None = None,
+        max_grad_norm: float | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        checkpoint_dir: str | Path | None = None,
+        log_csv: str | Path | None = None,
+        progress: bool = False,
+        resume: bool = False,
     ) -> None:
-        super().__init__(epochs=epochs, batch_size=batch_size, lr=lr,
-                         lr_decay_gamma=lr_decay_gamma,
-                         lr_decay_every_epochs=lr_decay_every_epochs, **kwargs)
-        self.mode = mode
-        self.tau = tau
-        self.pseudo_label_every_epochs = pseudo_label_every_epochs
-        self.pseudo_label_policy = pseudo_label_policy
-        self.rebalance = rebalance
-        self.lambda_a = lambda_a
-        self.lambda_h = lambda_h
-        self.mixup = mixup
-        self.selection = selection
-        self.crop_s = crop_s
-        self.frame_rate_hz = frame_rate_hz
+        self._store_params(locals())
 
     # -- checks ----------------------------------------------------------------------------
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         if self.mode not in ("hard", "soft"):
             raise ConfigError(f"pseudo_label: mode must be 'hard' or 'soft', got {self.mode!r}")
         if not 0.0 < float(self.tau) < 1.0:
@@ -212,7 +216,7 @@ class PseudoLabel(NeuralMethod):
             return int(self.crop_frames)
         if self.crop_s is None:
             return None
-        rate = self.frame_rate_hz or getattr(source, "frame_rate_hz", None)
+        rate = self.frame_rate_hz
         if rate is None:
             raise ConfigError(
                 f"pseudo_label: crop_s={self.crop_s} needs the frame rate of the features: "
@@ -238,25 +242,20 @@ class PseudoLabel(NeuralMethod):
             raise EmobridgeError(f"pseudo_label: {len(shared)} validation utterance(s) also in "
                                  f"the training data, e.g. {shared[0]}")
 
-    # -- fit -------------------------------------------------------------------------------
-    def fit(self, source: EmotionData, target_unlabelled: EmotionData | None = None,
-            target_labelled: EmotionData | None = None,
-            validation: EmotionData | None = None) -> PseudoLabel:
-        """Train on source + ``k`` labelled target utterances, pseudo-labelling
-        ``target_unlabelled`` every ``W`` epochs (see the class docstring)."""
-        self._check_params()
-        self._check_inputs(source, target_unlabelled, target_labelled, validation)
-        self._check_no_leak(validation, source, target_unlabelled, target_labelled)
-        if target_unlabelled is not None and len(target_unlabelled) and \
-                target_labelled is not None and len(target_labelled):
-            labelled_ids = set(target_labelled.ids)
-            keep = np.array([i not in labelled_ids for i in target_unlabelled.ids], dtype=bool)
-            target_unlabelled = target_unlabelled.subset(keep) if keep.any() else None
-        self.crop_frames_ = self._resolve_crop(source)
-        self.source_languages_ = tuple(sorted({str(x) for x in source.languages}))
-        super().fit(source, target_unlabelled, target_labelled, validation)
-        self._finish()
-        return self
+    # -- hooks ---------------------------------------------------------------------------
+    def select_data(self, data: FitData) -> FitData:
+        """No validation speaker in training; target rows given both labelled and unlabelled
+        (same id) are used as labelled only; the training crop and source languages."""
+        self._check_no_leak(data.validation, *data.training)
+        if data.target_unlabelled is not None and data.target_labelled is not None:
+            labelled_ids = set(data.target_labelled.ids)
+            keep = np.array([i not in labelled_ids for i in data.target_unlabelled.ids],
+                            dtype=bool)
+            data.target_unlabelled = data.target_unlabelled.subset(keep) if keep.any() \
+                else None
+        self.crop_frames_ = self._resolve_crop(data.source)
+        self.source_languages_ = tuple(sorted({str(x) for x in data.source.languages}))
+        return data
 
     def train_config(self) -> TrainConfig:
         config = super().train_config()
@@ -264,17 +263,18 @@ class PseudoLabel(NeuralMethod):
         return dataclasses.replace(config, crop_frames=crop) if crop is not None else config
 
     # -- the training set D ------------------------------------------------------------------
-    def _training_streams(self, source: EmotionData, target_unlabelled: EmotionData | None,
-                          target_labelled: EmotionData | None) -> dict[str, EmotionData]:
-        self._src = source
-        self._tgt_u = target_unlabelled
-        self._tgt_l = target_labelled
-        n_classes = len(self.classes_)
+    def init_state(self, data: FitData) -> None:
+        """An empty pseudo-label pool over the (standardised) training inputs."""
+        self._src = data.source
+        self._tgt_u = data.target_unlabelled
+        self._tgt_l = data.target_labelled
         self._pool_index = np.zeros(0, dtype=np.int64)
-        self._pool_targets = np.zeros((0, n_classes), dtype=np.float32)
+        self._pool_targets = np.zeros((0, len(self.classes_)), dtype=np.float32)
         self._last_round_epoch = 0
         self.pseudo_label_rounds_: list[dict[str, Any]] = []
         self.train_sets_: list[dict[str, Any]] = []
+
+    def training_streams(self, data: FitData) -> dict[str, EmotionData]:
         return {"train": self._build_train_set(0)}
 
     def _build_train_set(self, epoch: int) -> EmotionData:
@@ -366,12 +366,9 @@ class PseudoLabel(NeuralMethod):
             return {"loss": ce, "ce": ce.detach()}
         if self.mixup and len(batch) > 1:
             x, targets, mask, _ = ops.mixup(x, targets, ctx.rng, mask=mask)
-        logits = ctx.model(x, mask)
-        ce = ops.soft_cross_entropy(logits, targets, weight)
-        r_a = ops.prior_regulariser(logits)
-        r_h = ops.entropy_regulariser(logits)
-        loss = ce + float(self.lambda_a) * r_a + float(self.lambda_h) * r_h
-        return {"loss": loss, "ce": ce.detach(), "r_a": r_a.detach(), "r_h": r_h.detach()}
+        losses = ops.semi_supervised_loss(ctx.model(x, mask), targets, float(self.lambda_a),
+                                          float(self.lambda_h), weight)
+        return {k: v if k == "loss" else v.detach() for k, v in losses.items()}
 
     def validate(self, model: nn.Module, data: EmotionData, ctx: EpochContext
                  ) -> dict[str, float]:
@@ -407,7 +404,7 @@ class PseudoLabel(NeuralMethod):
         self.pseudo_label_rounds_ = list(state["rounds"])
         self.train_sets_ = list(state["train_sets"])
 
-    def _finish(self) -> None:
+    def finish_fit(self, data: FitData) -> None:
         """Expose the pool and drop the references to the training data."""
         ids = self._tgt_u.ids[self._pool_index] if self._tgt_u is not None and \
             len(self._pool_index) else np.zeros(0, dtype=object)

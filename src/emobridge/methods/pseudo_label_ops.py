@@ -146,18 +146,18 @@ def entropy_regulariser(logits: torch.Tensor, reduction: Reduction = "mean") -> 
 
 
 def semi_supervised_loss(logits: torch.Tensor, targets: torch.Tensor, lambda_a: float,
-                         lambda_h: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+                         lambda_h: float, weight: torch.Tensor | None = None
+                         ) -> dict[str, torch.Tensor]:
     """Eq. (5): ``L = L_CE + lambda_A R_A + lambda_H R_H`` over one mini-batch.
 
     ``L_CE`` and ``R_H`` are batch means (as in Tanaka et al. 2018, where the weights 0.8 and
-    0.4 come from); ``R_A`` is a batch quantity by definition.
+    0.4 come from); ``R_A`` is a batch quantity by definition. Returns ``{"loss": L,
+    "ce": L_CE, "r_a": R_A, "r_h": R_H}`` (the parts are logged per epoch).
     """
-    loss = soft_cross_entropy(logits, targets, weight)
-    if lambda_a:
-        loss = loss + lambda_a * prior_regulariser(logits)
-    if lambda_h:
-        loss = loss + lambda_h * entropy_regulariser(logits)
-    return loss
+    ce = soft_cross_entropy(logits, targets, weight)
+    r_a = prior_regulariser(logits)
+    r_h = entropy_regulariser(logits)
+    return {"loss": ce + lambda_a * r_a + lambda_h * r_h, "ce": ce, "r_a": r_a, "r_h": r_h}
 
 
 def mixup(inputs: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator,

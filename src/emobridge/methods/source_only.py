@@ -6,6 +6,7 @@ from __future__ import annotations
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
 from emobridge.methods.neural import NeuralMethod
+from emobridge.methods.phases import FitData
 
 
 @register_method
@@ -17,6 +18,5 @@ class SourceOnly(NeuralMethod):
 
     name = "source_only"
 
-    def _normalisation_sets(self, source: EmotionData, target_unlabelled: EmotionData | None,
-                            target_labelled: EmotionData | None) -> list[EmotionData]:
-        return [source]
+    def normalisation_sets(self, data: FitData) -> list[EmotionData]:
+        return [data.source]

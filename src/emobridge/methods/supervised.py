@@ -3,10 +3,15 @@ bound of unsupervised adaptation)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 from emobridge.errors import EmobridgeError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import NeuralMethod
+from emobridge.methods.neural import NeuralMethod, Normalise
+from emobridge.methods.phases import FitData
 
 
 @register_method
@@ -17,34 +22,51 @@ class Supervised(NeuralMethod):
     ----------
     use_source:
         ``False`` trains on the labelled target data alone (in-language training).
-    **kwargs:
-        Every :class:`NeuralMethod` parameter.
+    backbone, ..., resume:
+        Every :class:`~emobridge.methods.neural.NeuralMethod` parameter.
     """
 
     name = "supervised"
 
-    def __init__(self, use_source: bool = True, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.use_source = use_source
+    def __init__(
+        self,
+        *,
+        use_source: bool = True,
+        # every NeuralMethod parameter (method-specific defaults where they differ)
+        backbone: str = "auto",
+        backbone_params: Mapping[str, Any] | None = None,
+        normalise: Normalise = "global",
+        class_weight: str | None = None,
+        epochs: int = 50,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_decay_gamma: float = 1.0,
+        lr_decay_every_epochs: int = 0,
+        patience: int | None = None,
+        crop_frames: int | None = None,
+        max_grad_norm: float | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        checkpoint_dir: str | Path | None = None,
+        log_csv: str | Path | None = None,
+        progress: bool = False,
+        resume: bool = False,
+    ) -> None:
+        self._store_params(locals())
 
-    def fit(self, source: EmotionData, target_unlabelled: EmotionData | None = None,
-            target_labelled: EmotionData | None = None,
-            validation: EmotionData | None = None) -> Supervised:
-        if target_labelled is None or not len(target_labelled):
+    def select_data(self, data: FitData) -> FitData:
+        if data.target_labelled is None:
             raise EmobridgeError(
                 "supervised: needs target_labelled (the labelled target training data); "
                 "it is the upper bound that trains on target labels")
-        super().fit(source, target_unlabelled, target_labelled, validation)
-        return self
+        return data
 
-    def _normalisation_sets(self, source: EmotionData, target_unlabelled: EmotionData | None,
-                            target_labelled: EmotionData | None) -> list[EmotionData]:
-        sets = [source] if self.use_source else []
-        return sets + [d for d in (target_unlabelled, target_labelled) if d is not None]
+    def normalisation_sets(self, data: FitData) -> list[EmotionData]:
+        return data.training if self.use_source else data.targets
 
-    def _training_streams(self, source: EmotionData, target_unlabelled: EmotionData | None,
-                          target_labelled: EmotionData | None) -> dict[str, EmotionData]:
-        assert target_labelled is not None
+    def training_streams(self, data: FitData) -> dict[str, EmotionData]:
+        assert data.target_labelled is not None
         if not self.use_source:
-            return {"train": target_labelled}
-        return {"train": EmotionData.concat([source, target_labelled])}
+            return {"train": data.target_labelled}
+        return {"train": EmotionData.concat([data.source, data.target_labelled])}

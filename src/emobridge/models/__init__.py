@@ -54,9 +54,11 @@ def build_backbone(kind: str, input_dim: int, is_sequence: bool = True,
     name = resolve_backbone(kind, input_dim, is_sequence)
     try:
         return BACKBONES[name](input_dim=input_dim, **dict(params or {}))
-    except TypeError as exc:
-        raise ConfigError(f"backbone {name!r}: bad parameters {dict(params or {})}: {exc}") \
-            from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        # unknown keywords, and sizes torch refuses (negative widths, dropout > 1...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"backbone {name!r}: bad parameters {dict(params or {})}: "
+                          f"{first}") from None
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from emobridge.errors import ConfigError, FeatureError
 from emobridge.models.layers import AttentionPooling, downsample_mask, mask_lengths
 
 
@@ -63,7 +64,7 @@ class SNSA(nn.Module):
                  attention_heads: int = 1) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
-            raise ValueError(f"SNSA: kernel_size must be odd, got {kernel_size}")
+            raise ConfigError(f"SNSA: kernel_size must be odd, got {kernel_size}")
         self.input_dim = input_dim
         self.pool_size = pool_size
         self.conv_layers = nn.ModuleList()
@@ -92,8 +93,8 @@ class SNSA(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """BiLSTM outputs ``H`` ``(batch, frames', 2 * lstm_hidden)`` and their mask."""
         if x.dim() != 3:
-            raise ValueError(f"SNSA expects (batch, frames, {self.input_dim}), got "
-                             f"{tuple(x.shape)}")
+            raise FeatureError(f"SNSA expects (batch, frames, {self.input_dim}), got "
+                               f"{tuple(x.shape)}")
         b, t, _ = x.shape
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=x.device)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emobridge.errors import FeatureError
+from emobridge.errors import ConfigError, FeatureError
 
 #: Whisper frontend constants (all model sizes).
 SAMPLE_RATE_HZ = 16_000
@@ -158,41 +158,15 @@ def _read_ct2_stream(fh: Any, path: Path, include: Callable[[str], bool] | None
 # ---------------------------------------------------------------------------------------------
 
 
-def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
-    # Slaney's auditory toolbox scale: linear below 1 kHz, logarithmic above.
-    hz = np.asarray(hz, dtype=np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, log_step = min_log_hz / f_sp, math.log(6.4) / 27.0
-    return np.where(hz >= min_log_hz,
-                    min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / log_step,
-                    hz / f_sp)
-
-
-def _mel_to_hz_slaney(mel: np.ndarray) -> np.ndarray:
-    mel = np.asarray(mel, dtype=np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, log_step = min_log_hz / f_sp, math.log(6.4) / 27.0
-    return np.where(mel >= min_log_mel, min_log_hz * np.exp(log_step * (mel - min_log_mel)),
-                    mel * f_sp)
-
-
 def mel_filter_bank(n_mels: int = 80, n_fft: int = N_FFT,
                     sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
-    """Triangular mel filters ``(n_mels, n_fft // 2 + 1)`` as OpenAI's Whisper uses them.
+    """Triangular mel filters ``(n_mels, n_fft // 2 + 1)`` as OpenAI's Whisper uses them:
+    librosa's (Whisper's own come from ``librosa.filters.mel``), Slaney mel scale from 0 Hz
+    to Nyquist, each triangle scaled to unit area (``norm="slaney"``), float32."""
+    import librosa
 
-    Slaney mel scale from 0 Hz to Nyquist, each triangle scaled to unit area
-    (``2 / bandwidth``, "Slaney normalisation"), float32.
-    """
-    fft_hz = np.linspace(0.0, sample_rate_hz / 2, n_fft // 2 + 1)
-    edges_hz = _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(0.0),
-                                             _hz_to_mel_slaney(sample_rate_hz / 2), n_mels + 2))
-    widths = np.diff(edges_hz)
-    ramps = edges_hz[:, None] - fft_hz[None, :]
-    rising = -ramps[:-2] / widths[:-1, None]
-    falling = ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
-    return weights.astype(np.float32)
+    return librosa.filters.mel(sr=sample_rate_hz, n_fft=n_fft, n_mels=n_mels, norm="slaney",
+                               htk=False, dtype=np.float32)
 
 
 class WhisperLogMel(nn.Module):
@@ -283,7 +257,7 @@ class WhisperEncoderOutput(NamedTuple):
 def sinusoids(length: int, channels: int, max_timescale: float = 10_000.0) -> torch.Tensor:
     """Whisper's sinusoidal positional table ``(length, channels)``: sines, then cosines."""
     if channels % 2:
-        raise ValueError(f"channels must be even, got {channels}")
+        raise ConfigError(f"Whisper positional table: channels must be even, got {channels}")
     increment = math.log(max_timescale) / (channels // 2 - 1)
     inv = torch.exp(-increment * torch.arange(channels // 2, dtype=torch.float64))
     angles = torch.arange(length, dtype=torch.float64)[:, None] * inv[None, :]
@@ -297,7 +271,8 @@ class WhisperEncoderLayer(nn.Module):
         super().__init__()
         d = config.d_model
         if d % config.n_heads:
-            raise ValueError(f"d_model {d} is not divisible by n_heads {config.n_heads}")
+            raise ConfigError(f"Whisper encoder: d_model {d} is not divisible by n_heads "
+                              f"{config.n_heads}")
         self.n_heads = config.n_heads
         self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.q_proj = nn.Linear(d, d)
