@@ -1,11 +1,11 @@
-"""``emobridge train``: one source -> target experiment from manifests and a feature store.
+"""``emobridge train``: one source -> target cell from two manifests and a feature store.
 
-Thin: parsing here, the work in :mod:`emobridge.methods.runner`.
+Thin: parsing here; the cell is assembled and run by :mod:`emobridge.methods.runner`
+exactly as a cell of ``emobridge run`` (same split, few-shot draw and validation).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +17,53 @@ from emobridge.errors import ConfigError
 console = Console()
 
 
-def _parse_pairs(items: list[str], what: str, parse_json: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        if parse_json:
-            try:
-                out[key] = json.loads(value)
-            except json.JSONDecodeError:
-                out[key] = value
-        else:
-            out[key] = value.strip()
-    return out
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(r) for r in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--target-ratios {text!r}: expected numbers like 0.6,0.2,0.2"
+                          ) from None
+
+
+def _corpus_mapping(items: list[str], what: str) -> dict[str, str | None]:
+    """``FROM=TO`` pairs; an empty ``TO`` drops that emotion."""
+    from emobridge.parsing import parse_pairs
+
+    return {k: (v or None) for k, v in parse_pairs(items, what, typed=False).items()}
+
+
+def _build(method: str, param: list[str], defaults: dict[str, Any]):
+    """The method with ``-p`` parameters, plus the run's defaults where it takes them."""
+    from emobridge.methods import available_methods, build_method
+    from emobridge.parsing import parse_pairs
+
+    methods = available_methods()
+    if method not in methods:
+        build_method(method)  # raises UnknownNameError listing the known methods
+    cls = methods[method]
+    params = parse_pairs(param, "--param")
+    accepted = set(cls.param_names())
+    for key, value in defaults.items():
+        if key in accepted:
+            params.setdefault(key, value)
+    return cls, build_method(method, **params)
+
+
+def _write_outputs(out: Path, model: Any, method: str, data: Any, result: dict[str, Any],
+                   save_model: bool) -> None:
+    from emobridge.fileio import atomic_path, write_json_atomic
+    from emobridge.methods.runner import environment, predictions_table
+    from emobridge.training import write_history_csv
+
+    with atomic_path(out / "predictions.csv") as tmp:
+        predictions_table(data, result.pop("test_proba")).to_csv(tmp, index=False)
+    result.pop("source_pred")
+    if result["history"]:
+        write_history_csv(result["history"], out / "history.csv")
+    if save_model and hasattr(model, "save"):
+        model.save(out / "model")
+    write_json_atomic(out / "metrics.json", {"method": method, **result,
+                                             "environment": environment()})
 
 
 def train(
@@ -40,22 +72,29 @@ def train(
     store: Path = typer.Option(..., "--store", help="Feature store folder."),
     extractor: str = typer.Option(..., "--extractor", "-e",
                                   help="Extractor spec, e.g. 'logmel:preset=nnpm'."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (new, or one made by "
+                             "emobridge train)."),
     method: str = typer.Option("source_only", "--method", "-m", help="Method name."),
     param: list[str] = typer.Option(
         [], "--param", "-p", help="Method parameter KEY=VALUE (JSON values); repeatable."),
     label_set: str = typer.Option("4class", "--label-set", help="Label set name."),
-    map_: list[str] = typer.Option([], "--map", help="Extra mapping FROM=TO; repeatable."),
-    target_labelled_k: int | None = typer.Option(
-        None, "--target-labelled-k", help="Labelled target utterances (few-shot)."),
+    map_: list[str] = typer.Option([], "--map", help="Mapping FROM=TO into the label set, "
+                                   "for both corpora; repeatable."),
+    map_source: list[str] = typer.Option(
+        [], "--map-source", help="Source corpus's own mapping FROM=TO (empty TO drops), "
+        "applied before --map; repeatable."),
+    map_target: list[str] = typer.Option(
+        [], "--map-target", help="Target corpus's own mapping FROM=TO, as --map-source."),
+    target_labelled_k: int = typer.Option(
+        0, "--target-labelled-k", min=0, help="Labelled target utterances (few-shot)."),
     target_ratios: str = typer.Option(
         "0.6,0.2,0.2", "--target-ratios", help="Target speaker shares train,val,test."),
     validation: str = typer.Option(
-        "target", "--validation",
-        help="Early-stopping data: target (validation speakers), source (held-out source "
-             "speakers) or none."),
+        "source", "--validation",
+        help="Early-stopping data: source (held-out source speakers; reads no target "
+             "label), target (target validation speakers), both or none."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and the method."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps or auto."),
     compute_missing: bool = typer.Option(
         False, "--compute-missing", help="Extract features missing from the store."),
     resume: bool = typer.Option(
@@ -66,64 +105,50 @@ def train(
     progress: bool = typer.Option(False, "--progress", help="Show a progress bar."),
 ) -> None:
     """Train a method on the source, adapt to the target, evaluate on held-out target
-    speakers; write metrics.json, config.json, predictions.csv, history.csv to OUT."""
+    speakers; write run.json, config.json, metrics.json, predictions.csv, history.csv to OUT."""
     from emobridge.features.registry import parse_spec
-    from emobridge.fileio import atomic_path, write_json_atomic
-    from emobridge.methods import available_methods, build_method
-    from emobridge.methods.runner import environment, load_experiment_data, run_experiment
-    from emobridge.training import write_history_csv
+    from emobridge.fileio import prepare_output_dir, write_json_atomic
+    from emobridge.methods.runner import (
+        environment,
+        fit_and_evaluate,
+        load_experiment_data,
+        needs_target_labels,
+    )
+    from emobridge.runtime import resolve_device
 
-    methods = available_methods()
-    if method not in methods:
-        raise ConfigError(f"unknown method {method!r}; known: {', '.join(methods)}")
-    params = _parse_pairs(param, "--param", parse_json=True)
-    accepted = set(methods[method].param_names())
-    defaults = {"seed": seed, "device": device, "progress": progress,
-                "log_csv": str(out / "history.csv")}
+    used_device = resolve_device(device)
+    defaults: dict[str, Any] = {"seed": seed, "device": used_device, "progress": progress,
+                                "log_csv": str(out / "history.csv")}
     if resume:
         defaults.update(checkpoint_dir=str(out / "checkpoints"), resume=True)
-    for key, value in defaults.items():
-        if key in accepted:
-            params.setdefault(key, value)
-    try:
-        model = build_method(method, **params)
-    except ValueError as exc:  # unknown parameter: the registry says which are valid
-        raise ConfigError(str(exc)) from None
-    try:
-        ratios = tuple(float(r) for r in target_ratios.split(","))
-    except ValueError:
-        raise ConfigError(f"--target-ratios {target_ratios!r}: expected numbers like "
-                          "0.6,0.2,0.2") from None
-
+    cls, model = _build(method, param, defaults)
+    prepare_output_dir(out, marker="run.json", allow=(".lock",))
+    k: int | str = "all" if needs_target_labels(cls) else target_labelled_k
+    source_ratios = (0.8, 0.2, 0.0) if validation in ("source", "both") else (1.0, 0.0, 0.0)
     data = load_experiment_data(
         source, target, store, extractor, label_set=label_set,
-        mapping=_parse_pairs(map_, "--map", parse_json=False), seed=seed, target_ratios=ratios,
-        target_labelled_k=target_labelled_k, all_target_labels=(method == "supervised"),
-        validation=validation, compute_missing=compute_missing)  # type: ignore[arg-type]
+        mapping=_corpus_mapping(map_, "--map"), seed=seed, target_ratios=_ratios(target_ratios),
+        target_labelled_k=k, validation=validation, source_ratios=source_ratios,
+        compute_missing=compute_missing, source_mapping=_corpus_mapping(map_source,
+                                                                        "--map-source"),
+        target_mapping=_corpus_mapping(map_target, "--map-target"))
     summary = data.summary()
     console.print(f"{method}: source {summary['source']['utterances']} utt, target train "
                   f"{summary['target_unlabelled']['utterances']}, validation "
                   f"{summary['validation']['utterances']}, test {summary['test']['utterances']}")
-    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "run.json", {"command": "train", "device": used_device,
+                                         "environment": environment()})
     name, ext_params = parse_spec(extractor)
     write_json_atomic(out / "config.json", {
         "command": "train", "method": method, "params": model.get_params(),
         "source": str(source), "target": str(target), "store": str(store),
         "extractor": {"name": name, "params": ext_params, "id": data.extractor_id},
-        "label_set": label_set, "target_labelled_k": target_labelled_k,
-        "target_ratios": list(ratios), "validation": validation, "seed": seed,
-        "data": summary, "environment": environment(),
+        "label_set": label_set, "target_labelled_k": k, "target_ratios":
+        list(_ratios(target_ratios)), "validation": validation, "seed": seed,
+        "device": used_device, "data": summary, "environment": environment(),
     })
-    result = run_experiment(model, data, seed=seed)
-    predictions = result.pop("predictions")
-    with atomic_path(out / "predictions.csv") as tmp:
-        predictions.to_csv(tmp, index=False)
-    if result["history"]:
-        write_history_csv(result["history"], out / "history.csv")
-    if save_model and hasattr(model, "save"):
-        model.save(out / "model")
-    write_json_atomic(out / "metrics.json", {"method": method, **result,
-                                             "environment": environment()})
+    result = fit_and_evaluate(model, data, seed=seed)
+    _write_outputs(out, model, method, data, result, save_model)
     test = result["test"]
     console.print(f"test UA {test['ua']:.4f}  WA {test['wa']:.4f}  macro-F1 "
                   f"{test['macro_f1']:.4f}  ({test['n']} utterances) -> {out}")

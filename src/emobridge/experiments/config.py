@@ -63,10 +63,20 @@ class _Model(BaseModel):
 
 
 def _check_id(value: str, what: str) -> str:
-    if not _ID.match(value):
+    """``value`` if it is safe as one path component (it names folders and table rows)."""
+    if not isinstance(value, str) or not _ID.match(value):
         raise ValueError(f"{what} {value!r} must be letters, digits and _ . + - "
                          "(it names folders and table rows)")
     return value
+
+
+def check_name(value: str, what: str) -> str:
+    """:func:`_check_id` for code outside the schema: a :class:`ConfigError` naming the
+    value (e.g. a language code a corpus reader reported)."""
+    try:
+        return _check_id(value, what)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class SyntheticOptions(_Model):
@@ -81,6 +91,11 @@ class SyntheticOptions(_Model):
     sample_rate_hz: int = Field(16_000, ge=8_000)
     seed: int = Field(0, ge=0)
 
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, v: list[str]) -> list[str]:
+        return [_check_id(x, "language") for x in v]
+
 
 class CorpusConfig(_Model):
     """One corpus.
@@ -90,7 +105,9 @@ class CorpusConfig(_Model):
     (generated into ``path``, default ``<output_dir>/synthetic/<id>``, when absent).
     ``language`` overrides the language the reader reports; ``options`` go to the reader's
     constructor (for ``synthetic``: :class:`SyntheticOptions`). ``strict`` makes unusable
-    files an error instead of a counted, reported skip.
+    files an error instead of a counted, reported skip. ``mapping`` renames this corpus's
+    emotions before the taxonomy's label set and global mapping apply (``calm: neutral``
+    here, while another corpus's ``calm`` stays outside the set); ``null`` drops one.
     """
 
     id: str = Field(validation_alias=AliasChoices("id", "name"))
@@ -99,6 +116,7 @@ class CorpusConfig(_Model):
     language: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     strict: bool = False
+    mapping: dict[str, str | None] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -121,6 +139,11 @@ class CorpusConfig(_Model):
     @classmethod
     def _id(cls, v: str) -> str:
         return _check_id(v, "corpus id")
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, v: str | None) -> str | None:
+        return None if v is None else _check_id(v, "language")
 
     @model_validator(mode="after")
     def _reader_needs(self) -> CorpusConfig:
@@ -255,6 +278,11 @@ class ExtractorConfig(_Model):
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
 
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        return None if v is None else _check_id(v, "extractor label")
+
 
 class FeaturesConfig(_Model):
     """Extractors (spec strings such as ``"logmel:n_mels=64"`` or dicts) and the store."""
@@ -362,7 +390,18 @@ class ExperimentConfig(_Model):
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads per cell (default: CPU cores / jobs)")
     output_dir: Path | None = None
+    skip_errors: bool = Field(
+        False, description="skip (count and report) audio files that cannot be decoded "
+        "instead of stopping the run")
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _output_dir(cls, v: Any) -> Any:
+        if v is not None and str(v).strip() in ("", "."):
+            raise ValueError(f"{str(v)!r} is not a dedicated folder; name a new folder for "
+                             "the results (e.g. runs/my-experiment)")
+        return v
 
     @field_validator("seeds")
     @classmethod
@@ -671,6 +710,8 @@ def validate_config(
                           f"got {type(data).__name__}")
     data = dict(data)
     if output_dir is not None:
+        if str(output_dir).strip() == "":
+            raise ConfigError("--out: empty path; name a dedicated folder for the results")
         data["output_dir"] = str(Path(output_dir).expanduser().resolve())
     if corpora_root is not None:
         data["corpora_root"] = str(Path(corpora_root).expanduser().resolve())
@@ -687,6 +728,9 @@ def validate_config(
         cfg.name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", stem).strip("-.") or "experiment"
     cfg.corpora_root = _resolve(cfg.corpora_root, base)
     cfg.output_dir = _resolve(cfg.output_dir, base) or (base / "runs" / cfg.name).resolve()
+    if cfg.output_dir == base and base_dir is not None:
+        raise ConfigError(f"{source}: output_dir: {cfg.output_dir} is the config's own folder; "
+                          "name a dedicated folder for the results")
     cfg.features.store = _resolve(cfg.features.store, base) or cfg.output_dir / "features"
     corpus_base = cfg.corpora_root or base
     for c in cfg.corpora:
