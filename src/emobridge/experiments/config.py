@@ -581,25 +581,30 @@ def expand_env(data: Any, source: str, where: str = "") -> Any:
     return _ENV_REF.sub(substitute, data)
 
 
+def _model_names() -> set[str]:
+    """Names of this module's config models: pydantic tags union members with them."""
+    return {m.__name__ for m in (_Model, *_Model.__subclasses__())}
+
+
 def _loc(parts: tuple[Any, ...]) -> str:
     """``('methods', 0, 'params', 'lr')`` -> ``methods.0.params.lr``, without pydantic's
-    union-member tags (``list[PairConfig]``, ``function-after[...]``)."""
-    keep = []
-    for p in parts:
-        if isinstance(p, str) and (
-            "[" in p or p in ("str", "int", "float", "bool", "dict", "list", "none")
-        ):
-            continue
-        keep.append(str(p))
-    return ".".join(keep)
+    union-member tags (``list[PairConfig]``, ``function-after[...]``, ``ExtractorConfig``)."""
+    tags = _model_names() | {"str", "int", "float", "bool", "dict", "list", "none"}
+    return ".".join(str(p) for p in parts
+                    if not (isinstance(p, str) and ("[" in p or p in tags)))
 
 
 def format_validation_error(exc: ValidationError, source: str, prefix: str = "") -> str:
-    """One line per problem: ``source: key.path: message`` (duplicates from unions merged)."""
+    """One line per problem: ``source: key.path: message`` (duplicates from unions merged;
+    a union member's bare type mismatch is dropped when another member says more about a
+    key inside the value)."""
+    errors = [(_loc(tuple(err["loc"])), err) for err in exc.errors(include_url=False)]
     lines: list[str] = []
     seen: set[str] = set()
-    for err in exc.errors(include_url=False):
-        loc = _loc(tuple(err["loc"]))
+    for loc, err in errors:
+        if err["type"].endswith("_type") and any(
+                other.startswith(loc + ".") for other, _ in errors):
+            continue
         if prefix:
             loc = f"{prefix}.{loc}" if loc else prefix
         msg = err["msg"]
