@@ -27,6 +27,8 @@ from emobridge.methods.runner import (
 from emobridge.protocols import assemble_cell
 from emobridge.synthetic import generate_corpus
 from tests.conftest import write_tone
+from tests.test_cli_train import _args as train_args
+from tests.test_cli_train import experiment as train_experiment  # noqa: F401 - a fixture
 
 EXTRACTOR = ("logmel:preset=byols,n_mels=16,n_fft=512,win_length_samples=400,"
              "hop_length_samples=320")
@@ -276,3 +278,19 @@ def test_skip_errors_counts_unreadable_files_and_records_device(broken_corpus: P
     assert "missing_classes" in cell
     assert str(victim) not in set(pd.read_csv(out / "manifest.csv")["path"])
     assert "1 audio file(s) skipped" in (out / "run.log").read_text()
+
+
+def test_train_maps_each_corpus_and_records_missing_classes(
+        train_experiment,  # noqa: F811 - the imported fixture
+) -> None:
+    root, src, tgt = train_experiment
+    out = root / "mapped"
+    with pytest.warns(EmobridgeWarning, match="no utterance of class.*neutral"):
+        assert main(train_args(root, src, tgt, out, "--map-target",
+                          "neutral=", "--map-source", "sadness=neutral")) == 0
+    config = json.loads((out / "config.json").read_text())
+    mapping = config["data"]["label_mapping"]
+    assert "neutral -> dropped: 10" in mapping["target"]
+    assert "sadness -> neutral: 10" in mapping["source"]
+    assert json.loads((out / "metrics.json").read_text())["missing_classes"] == ["neutral"]
+    assert json.loads((out / "run.json").read_text())["device"] == "cpu"

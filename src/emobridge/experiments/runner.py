@@ -676,19 +676,17 @@ def run_experiment(
         to ``cfg.output_dir``, which must be new, empty or an earlier run's folder (marked
         by its ``run.json``).
     jobs:
-        Worker processes for the cells (1: in this process). Feature extraction always runs
-        here, before the cells.
+        Worker processes for the cells (1: in this process); features are extracted here.
     fail_fast:
-        Stop at the first failed cell (raises :class:`ExperimentError`); otherwise failed
-        cells are recorded and the rest runs.
+        Stop at the first failed cell (:class:`ExperimentError`); else record it, go on.
     log:
         Called with each progress line (``None``: silent); lines also go to ``run.log``.
     progress:
         Show progress bars during feature extraction.
 
-    Cells that failed are listed in :attr:`RunSummary.failures`; the caller decides whether
-    that is an error (the CLI exits with status 1). SIGINT / SIGTERM stop the workers and
-    raise :class:`KeyboardInterrupt`; finished cells stay on disk for the next run.
+    Failed cells are listed in :attr:`RunSummary.failures` (the CLI exits with 1).
+    SIGINT / SIGTERM stop the workers and raise :class:`KeyboardInterrupt`; finished cells
+    stay on disk for the next run.
     """
     from emobridge.fileio import prepare_output_dir
     from emobridge.runtime import resolve_device
@@ -713,9 +711,8 @@ def run_experiment(
         manifest_path = _write_cell_manifest(run_dir, plan, skipped)
         info.update(features_s=time.perf_counter() - t0, n_skipped_files=len(skipped))
         jobs_list = [CellJob(k, plan.tasks[k.task], plan.hashes[k], str(run_dir),
-                             str(manifest_path), str(cfg.features.store),
-                             feature_ids[k.feature], plan.classes, cfg, device, len(skipped))
-                     for k in plan.pending]
+                             str(manifest_path), str(cfg.features.store), feature_ids[k.feature],
+                             plan.classes, cfg, device, len(skipped)) for k in plan.pending]
         t0 = time.perf_counter()
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // jobs)
         try:
