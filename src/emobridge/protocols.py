@@ -714,6 +714,20 @@ def assemble_cell(
     return CellRows(split, labelled, pool, val)
 
 
+#: Content hashes by (path, size, mtime, inode): a grid checks the same files in every cell.
+_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def _content_hash(path: str) -> str:
+    from emobridge.audio import file_hash
+
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASHES:
+        _HASHES[key] = file_hash(path)
+    return _HASHES[key]
+
+
 def check_audio_independence(partitions: Mapping[str, pd.DataFrame]) -> None:
     """Raise :class:`SpeakerLeakError` when the same audio is in two partitions.
 
@@ -722,8 +736,6 @@ def check_audio_independence(partitions: Mapping[str, pd.DataFrame]) -> None:
     the bytes) among files of equal size, so only candidate duplicates are read. Files
     that cannot be opened are left to the feature stage, which names them.
     """
-    from emobridge.audio import file_hash
-
     owner: dict[str, tuple[str, str, str]] = {}  # identity -> (partition, path, speaker)
     by_size: dict[int, list[tuple[str, str, str]]] = {}
     clashes: list[str] = []
@@ -746,7 +758,7 @@ def check_audio_independence(partitions: Mapping[str, pd.DataFrame]) -> None:
             continue
         for entry in group:
             with contextlib.suppress(OSError):
-                claim("hash:" + file_hash(entry[1]), entry)
+                claim("hash:" + _content_hash(entry[1]), entry)
     if clashes:
         listed = "; ".join(sorted(set(clashes))[:_MAX_LISTED])
         raise SpeakerLeakError(

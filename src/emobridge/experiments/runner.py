@@ -163,6 +163,8 @@ def load_corpora(cfg: ExperimentConfig, log: Log = print) -> tuple[pd.DataFrame,
     if dup.any():
         path = real[dup].iloc[0]
         owners = sorted(set(combined.loc[real == path, "corpus"]))
+        if len(owners) == 1:
+            raise ConfigError(f"corpus {owners[0]!r} lists {path} twice (through two paths)")
         raise ConfigError(f"corpora {owners} both contain {path}: list each corpus once")
     combined = validate_manifest(combined, "combined manifest")
     label_set = cfg.taxonomy.build()
