@@ -222,10 +222,12 @@ class ProtocolConfig(_Model):
     ``pairs``: a list of source -> target pairs, ``all_pairs`` (every ordered pair of
     domains), ``leave_one_out`` (each domain is the target once, all others the source) or
     ``leave_one_language_out`` (``leave_one_out`` with ``domain: language``).
-    Source speakers are split with ``source_split`` (default: all for training; a test share
-    gives the source-language UA), target speakers with ``target_split`` into train (the
-    unlabelled pool and where few-shot labels are drawn from), validation and test.
-    ``validation`` chooses the labelled data passed to methods for early stopping.
+    Source speakers are split with ``source_split`` (default: 80 % train, 20 % validation,
+    as ``emobridge train``; a test share gives the source-language UA), target speakers
+    with ``target_split`` into train (the unlabelled pool and where few-shot labels are
+    drawn from), validation and test. ``validation`` chooses the labelled data passed to
+    methods for early stopping (default ``source``: held-out source speakers, so no target
+    label is read).
     ``few_shot`` lists the numbers of labelled target utterances (in total, drawn as equally
     per class as possible, see :func:`emobridge.protocols.few_shot_subset`). ``split_seed``
     fixes the speaker split; ``null`` (default) re-splits with each run seed, so the spread
@@ -235,7 +237,8 @@ class ProtocolConfig(_Model):
     domain: Literal["corpus", "language"] = "corpus"
     pairs: list[PairConfig] | Literal["all_pairs", "leave_one_out", "leave_one_language_out"] = (
         "all_pairs")
-    source_split: SplitRatios = Field(default_factory=lambda: SplitRatios(train=1.0))
+    source_split: SplitRatios = Field(
+        default_factory=lambda: SplitRatios(train=0.8, validation=0.2))
     target_split: SplitRatios = Field(
         default_factory=lambda: SplitRatios(train=0.6, validation=0.2, test=0.2))
     validation: Literal["source", "target", "both", "none"] = "source"
