@@ -177,7 +177,7 @@ def test_bootstrap_mean_ua() -> None:
     rng = np.random.default_rng(0)
     noisy = [(rng.integers(0, 4, 60), rng.integers(0, 4, 60)) for _ in range(3)]
     low, high = bootstrap_mean_ua(noisy, 4, 300)
-    assert 0.0 <= low < 0.25 < high <= 1.0 or 0.0 <= low < high <= 1.0
+    assert 0.0 <= low < 0.25 < high <= 1.0  # chance-level predictions: the CI holds 0.25
     assert np.isnan(bootstrap_mean_ua([], 4)[0])
 
 
@@ -277,12 +277,6 @@ def test_cli_reports_bad_config(tmp_path: Path, capsys) -> None:
     assert main(["run", str(path)]) == 1
     err = capsys.readouterr().err
     assert "broken.yaml: methods.0.params.lr: Input should be a valid number" in err
-
-
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
-def test_shipped_configs_validate(name: str) -> None:
-    cfg = load_config(REPO / "configs" / name)
-    assert cfg.methods and cfg.feature_specs
 
 
 def test_cli_synth_and_quickstart_config(tmp_path: Path, capsys) -> None:

@@ -358,3 +358,17 @@ def test_cross_corpus_split_refuses_shared_speakers():
     m = synth_manifest("emodb", "de", 6)
     with pytest.raises(SpeakerLeakError, match="source_train, target_"):
         cross_corpus_split(m, m, seed=0)
+
+
+def test_cross_corpus_split_source_test_share():
+    src, tgt = synth_manifest("emodb", "de", 10, seed=1), synth_manifest("emovo", "it", 6)
+    cc = cross_corpus_split(src, tgt, seed=2, source_ratios=(6, 2, 2))
+    spk = cc.speakers()
+    assert [len(spk[p]) for p in ("source_train", "source_validation", "source_test")] \
+        == [6, 2, 2]
+    assert_disjoint(cc.partitions())
+    assert_covers(src, [cc.source_train, cc.source_validation, cc.source_test])
+    # Without a source test share the piece is empty but present.
+    assert cross_corpus_split(src, tgt, seed=2).source_test.empty
+    with pytest.raises(ProtocolError, match="no source speakers to train on"):
+        cross_corpus_split(src, tgt, source_ratios=(0, 1, 1))

@@ -16,6 +16,8 @@ its row order.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 
@@ -25,10 +27,13 @@ import pandas as pd
 from emobridge.errors import CorpusError, EmobridgeError, SpeakerLeakError
 
 __all__ = [
+    "CellRows",
     "CrossCorpusSplit",
     "ProtocolError",
     "Split",
     "apportion",
+    "assemble_cell",
+    "check_audio_independence",
     "check_speaker_independence",
     "cross_corpus_split",
     "explicit_folds",
@@ -183,6 +188,9 @@ class CrossCorpusSplit(_Partitions):
         Target speakers for model selection (may be empty).
     target_test:
         Target speakers reported on; never seen in any other piece.
+    source_test:
+        Source speakers held out for the source-language score (may be empty; absent means
+        empty).
     """
 
     source_train: pd.DataFrame
@@ -190,8 +198,11 @@ class CrossCorpusSplit(_Partitions):
     target_train: pd.DataFrame
     target_validation: pd.DataFrame
     target_test: pd.DataFrame
+    source_test: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
+        if self.source_test is None:
+            self.source_test = self.source_train.iloc[0:0]
         self.check()
 
 
@@ -585,15 +596,17 @@ def cross_corpus_split(
     seed: int = 0,
     source_validation_ratio: float = 0.0,
     stratify_by: str | None = "gender",
+    source_ratios: Sequence[float] | None = None,
 ) -> CrossCorpusSplit:
     """The speaker-disjoint pieces of a source -> target experiment.
 
     The source is used whole for training unless ``source_validation_ratio > 0`` holds out
-    that share of its speakers for validation. The target is split by speaker with
-    ``target_ratios`` into train (the unlabelled / few-shot pool), validation and test,
+    that share of its speakers for validation, or ``source_ratios`` (train, validation,
+    test shares, as ``target_ratios``) splits it three ways. The target is split by speaker
+    with ``target_ratios`` into train (the unlabelled / few-shot pool), validation and test,
     exactly as :func:`speaker_split` does (same rounding, ``seed`` and ``stratify_by``).
 
-    All five pieces are checked together, so a speaker shared by source and target (the same
+    All pieces are checked together, so a speaker shared by source and target (the same
     corpus passed twice) raises :class:`SpeakerLeakError`.
     """
     _require_columns(source, ["path", "speaker"], "cross_corpus_split source")
@@ -607,17 +620,147 @@ def cross_corpus_split(
         raise ProtocolError(f"cross_corpus_split: target_ratios {tuple(target_ratios)} leave "
                             "no target speakers to adapt on or test on")
     tgt = _assign_speakers(target, r, seed, stratify_by, PARTITIONS, "cross_corpus_split target")
-    if source_validation_ratio > 0:
-        src = _assign_speakers(source, np.array([1 - source_validation_ratio,
-                                                 source_validation_ratio]),
-                               seed, stratify_by, ("train", "validation"),
-                               "cross_corpus_split source")
+    if source_ratios is None:
+        source_ratios = (1.0 - source_validation_ratio, source_validation_ratio, 0.0)
+    s = _check_ratios(source_ratios, PARTITIONS)
+    if s[0] == 0:
+        raise ProtocolError(f"cross_corpus_split: source ratios {tuple(source_ratios)} leave "
+                            "no source speakers to train on")
+    if s[0] == 1.0:  # the whole source trains (no speaker minimum to meet)
+        src = {"train": source, "validation": source.iloc[0:0], "test": source.iloc[0:0]}
     else:
-        src = {"train": source, "validation": source.iloc[0:0]}
+        src = _assign_speakers(source, s, seed, stratify_by, PARTITIONS,
+                               "cross_corpus_split source")
     parts = {
         "source_train": src["train"], "source_validation": src["validation"],
         "target_train": tgt["train"], "target_validation": tgt["validation"],
-        "target_test": tgt["test"],
+        "target_test": tgt["test"], "source_test": src["test"],
     }
     check_speaker_independence(parts)
     return CrossCorpusSplit(**parts)
+
+
+# --------------------------------------------------------------------------- one cell
+
+#: What a cell's methods may early-stop on: held-out source speakers (reads no target
+#: label), target validation speakers, both, or nothing.
+VALIDATION_CHOICES: tuple[str, ...] = ("source", "target", "both", "none")
+
+
+@dataclass(eq=False)
+class CellRows:
+    """The manifest rows of one source -> target cell (see :func:`assemble_cell`).
+
+    ``split`` holds the speaker-disjoint pieces; ``labelled`` is a subset of
+    ``split.target_train`` (the few-shot draw, all of it, or none), ``unlabelled`` the
+    whole of ``split.target_train`` (its labels are hidden from methods), ``validation``
+    the rows methods early-stop on.
+    """
+
+    split: CrossCorpusSplit
+    labelled: pd.DataFrame
+    unlabelled: pd.DataFrame
+    validation: pd.DataFrame
+
+    def sizes(self) -> dict[str, dict[str, int]]:
+        """Utterances and speakers per piece (JSON-ready)."""
+        pieces = {**self.split.partitions(), "target_labelled": self.labelled,
+                  "target_unlabelled": self.unlabelled, "validation": self.validation}
+        return {name: {"utterances": len(f), "speakers": int(f["speaker"].nunique())}
+                for name, f in pieces.items()}
+
+
+def assemble_cell(
+    source: pd.DataFrame,
+    target: pd.DataFrame,
+    *,
+    k: int | str = 0,
+    validation: str = "source",
+    seed: int = 0,
+    target_ratios: Sequence[float] = (0.6, 0.2, 0.2),
+    source_ratios: Sequence[float] = (1.0, 0.0, 0.0),
+    stratify_by: str | None = "gender",
+) -> CellRows:
+    """Split, few-shot draw and validation rows of one cell: the one place that decides
+    what a method sees (``emobridge run`` and ``emobridge train`` both come here).
+
+    ``k`` is the number of labelled target training utterances
+    (:func:`few_shot_subset`, seeded with ``seed``) or ``"all"``. The unlabelled pool is
+    every target training utterance, the ``k`` labelled ones included: they are target
+    audio too, and the pool then does not change with ``k``. ``validation`` is one of
+    :data:`VALIDATION_CHOICES`; ``"source"`` reads no target label. Speakers and audio
+    content are checked for leaks across the pieces.
+    """
+    if validation not in VALIDATION_CHOICES:
+        raise ProtocolError(f"validation must be one of {', '.join(VALIDATION_CHOICES)}, "
+                            f"got {validation!r}")
+    split = cross_corpus_split(source, target, target_ratios, seed, stratify_by=stratify_by,
+                               source_ratios=source_ratios)
+    if split.target_test.empty:
+        raise ProtocolError(f"target ratios {tuple(target_ratios)} leave no target test "
+                            "speakers")
+    check_audio_independence(split.partitions())
+    pool = split.target_train
+    if k == "all":
+        labelled = pool
+    elif isinstance(k, str):
+        raise ProtocolError(f"k must be a number of utterances or 'all', got {k!r}")
+    else:
+        labelled = few_shot_subset(pool, int(k), seed)
+    pieces = {"source": [split.source_validation], "target": [split.target_validation],
+              "both": [split.source_validation, split.target_validation], "none": []}
+    rows = pieces[validation]
+    val = pd.concat(rows) if rows else pool.iloc[0:0]
+    return CellRows(split, labelled, pool, val)
+
+
+#: Content hashes by (path, size, mtime, inode): a grid checks the same files in every cell.
+_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def _content_hash(path: str) -> str:
+    from emobridge.audio import file_hash
+
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASHES:
+        _HASHES[key] = file_hash(path)
+    return _HASHES[key]
+
+
+def check_audio_independence(partitions: Mapping[str, pd.DataFrame]) -> None:
+    """Raise :class:`SpeakerLeakError` when the same audio is in two partitions.
+
+    Speaker ids cannot see one corpus listed twice under two ids (its speakers get two
+    prefixes), so files are compared too: by resolved path, then by content (BLAKE2b of
+    the bytes) among files of equal size, so only candidate duplicates are read. Files
+    that cannot be opened are left to the feature stage, which names them.
+    """
+    owner: dict[str, tuple[str, str, str]] = {}  # identity -> (partition, path, speaker)
+    by_size: dict[int, list[tuple[str, str, str]]] = {}
+    clashes: list[str] = []
+
+    def claim(identity: str, entry: tuple[str, str, str]) -> None:
+        first = owner.setdefault(identity, entry)
+        if first[0] != entry[0]:
+            clashes.append(f"{first[1]} (speaker {first[2]!r}, {first[0]}) and {entry[1]} "
+                           f"(speaker {entry[2]!r}, {entry[0]})")
+
+    for name, frame in partitions.items():
+        for path, speaker in zip(frame["path"].astype(str), frame["speaker"].astype(str),
+                                 strict=True):
+            real = os.path.realpath(path)
+            claim("path:" + real, (str(name), path, speaker))
+            with contextlib.suppress(OSError):
+                by_size.setdefault(os.stat(real).st_size, []).append((str(name), path, speaker))
+    for group in by_size.values():
+        if len({e[0] for e in group}) < 2:
+            continue
+        for entry in group:
+            with contextlib.suppress(OSError):
+                claim("hash:" + _content_hash(entry[1]), entry)
+    if clashes:
+        listed = "; ".join(sorted(set(clashes))[:_MAX_LISTED])
+        raise SpeakerLeakError(
+            f"the same audio is in two partitions ({len(set(clashes))} file pair(s)): {listed}; "
+            "is one corpus listed twice under two ids?")

@@ -24,12 +24,17 @@ def run(
     corpora_root: Path | None = typer.Option(
         None, "--corpora-root", help="Folder the corpus paths are relative to (overrides "
         "corpora_root)."),
+    skip_errors: bool = typer.Option(
+        False, "--skip-errors", help="Leave out audio files that cannot be decoded (counted "
+        "and listed in skipped_files.csv) instead of stopping (sets skip_errors)."),
 ) -> None:
     """Run every (task, feature, method, k, seed) cell; finished cells are skipped."""
     from emobridge.experiments import ExperimentError, load_config, run_experiment
     from emobridge.experiments.results import display_table
 
     cfg = load_config(config, output_dir=out, device=device, corpora_root=corpora_root)
+    if skip_errors:
+        cfg.skip_errors = True
     summary = run_experiment(cfg, jobs=jobs, fail_fast=fail_fast,
                              log=lambda line: console.print(line, highlight=False,
                                                             soft_wrap=True),
@@ -44,6 +49,9 @@ def run(
     console.print(table)
     console.print(f"tables: {summary.run_dir / 'results.md'}, {summary.run_dir / 'results.csv'}")
     console.print(f"report: {summary.report}")
+    if summary.skipped_files:
+        console.print(f"{len(summary.skipped_files)} unreadable audio file(s) skipped: "
+                      f"{summary.run_dir / 'skipped_files.csv'}")
     if summary.n_failed:
         first = summary.failures[0]
         raise ExperimentError(

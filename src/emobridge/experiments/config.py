@@ -63,10 +63,20 @@ class _Model(BaseModel):
 
 
 def _check_id(value: str, what: str) -> str:
-    if not _ID.match(value):
+    """``value`` if it is safe as one path component (it names folders and table rows)."""
+    if not isinstance(value, str) or not _ID.match(value):
         raise ValueError(f"{what} {value!r} must be letters, digits and _ . + - "
                          "(it names folders and table rows)")
     return value
+
+
+def check_name(value: str, what: str) -> str:
+    """:func:`_check_id` for code outside the schema: a :class:`ConfigError` naming the
+    value (e.g. a language code a corpus reader reported)."""
+    try:
+        return _check_id(value, what)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class SyntheticOptions(_Model):
@@ -81,6 +91,11 @@ class SyntheticOptions(_Model):
     sample_rate_hz: int = Field(16_000, ge=8_000)
     seed: int = Field(0, ge=0)
 
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, v: list[str]) -> list[str]:
+        return [_check_id(x, "language") for x in v]
+
 
 class CorpusConfig(_Model):
     """One corpus.
@@ -90,7 +105,9 @@ class CorpusConfig(_Model):
     (generated into ``path``, default ``<output_dir>/synthetic/<id>``, when absent).
     ``language`` overrides the language the reader reports; ``options`` go to the reader's
     constructor (for ``synthetic``: :class:`SyntheticOptions`). ``strict`` makes unusable
-    files an error instead of a counted, reported skip.
+    files an error instead of a counted, reported skip. ``mapping`` renames this corpus's
+    emotions before the taxonomy's label set and global mapping apply (``calm: neutral``
+    here, while another corpus's ``calm`` stays outside the set); ``null`` drops one.
     """
 
     id: str = Field(validation_alias=AliasChoices("id", "name"))
@@ -99,6 +116,7 @@ class CorpusConfig(_Model):
     language: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     strict: bool = False
+    mapping: dict[str, str | None] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -121,6 +139,11 @@ class CorpusConfig(_Model):
     @classmethod
     def _id(cls, v: str) -> str:
         return _check_id(v, "corpus id")
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, v: str | None) -> str | None:
+        return None if v is None else _check_id(v, "language")
 
     @model_validator(mode="after")
     def _reader_needs(self) -> CorpusConfig:
@@ -199,10 +222,12 @@ class ProtocolConfig(_Model):
     ``pairs``: a list of source -> target pairs, ``all_pairs`` (every ordered pair of
     domains), ``leave_one_out`` (each domain is the target once, all others the source) or
     ``leave_one_language_out`` (``leave_one_out`` with ``domain: language``).
-    Source speakers are split with ``source_split`` (default: all for training; a test share
-    gives the source-language UA), target speakers with ``target_split`` into train (the
-    unlabelled pool and where few-shot labels are drawn from), validation and test.
-    ``validation`` chooses the labelled data passed to methods for early stopping.
+    Source speakers are split with ``source_split`` (default: 80 % train, 20 % validation,
+    as ``emobridge train``; a test share gives the source-language UA), target speakers
+    with ``target_split`` into train (the unlabelled pool and where few-shot labels are
+    drawn from), validation and test. ``validation`` chooses the labelled data passed to
+    methods for early stopping (default ``source``: held-out source speakers, so no target
+    label is read).
     ``few_shot`` lists the numbers of labelled target utterances (in total, drawn as equally
     per class as possible, see :func:`emobridge.protocols.few_shot_subset`). ``split_seed``
     fixes the speaker split; ``null`` (default) re-splits with each run seed, so the spread
@@ -212,7 +237,8 @@ class ProtocolConfig(_Model):
     domain: Literal["corpus", "language"] = "corpus"
     pairs: list[PairConfig] | Literal["all_pairs", "leave_one_out", "leave_one_language_out"] = (
         "all_pairs")
-    source_split: SplitRatios = Field(default_factory=lambda: SplitRatios(train=1.0))
+    source_split: SplitRatios = Field(
+        default_factory=lambda: SplitRatios(train=0.8, validation=0.2))
     target_split: SplitRatios = Field(
         default_factory=lambda: SplitRatios(train=0.6, validation=0.2, test=0.2))
     validation: Literal["source", "target", "both", "none"] = "source"
@@ -254,6 +280,11 @@ class ExtractorConfig(_Model):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        return None if v is None else _check_id(v, "extractor label")
 
 
 class FeaturesConfig(_Model):
@@ -362,7 +393,18 @@ class ExperimentConfig(_Model):
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads per cell (default: CPU cores / jobs)")
     output_dir: Path | None = None
+    skip_errors: bool = Field(
+        False, description="skip (count and report) audio files that cannot be decoded "
+        "instead of stopping the run")
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _output_dir(cls, v: Any) -> Any:
+        if v is not None and str(v).strip() in ("", "."):
+            raise ValueError(f"{str(v)!r} is not a dedicated folder; name a new folder for "
+                             "the results (e.g. runs/my-experiment)")
+        return v
 
     @field_validator("seeds")
     @classmethod
@@ -542,25 +584,30 @@ def expand_env(data: Any, source: str, where: str = "") -> Any:
     return _ENV_REF.sub(substitute, data)
 
 
+def _model_names() -> set[str]:
+    """Names of this module's config models: pydantic tags union members with them."""
+    return {m.__name__ for m in (_Model, *_Model.__subclasses__())}
+
+
 def _loc(parts: tuple[Any, ...]) -> str:
     """``('methods', 0, 'params', 'lr')`` -> ``methods.0.params.lr``, without pydantic's
-    union-member tags (``list[PairConfig]``, ``function-after[...]``)."""
-    keep = []
-    for p in parts:
-        if isinstance(p, str) and (
-            "[" in p or p in ("str", "int", "float", "bool", "dict", "list", "none")
-        ):
-            continue
-        keep.append(str(p))
-    return ".".join(keep)
+    union-member tags (``list[PairConfig]``, ``function-after[...]``, ``ExtractorConfig``)."""
+    tags = _model_names() | {"str", "int", "float", "bool", "dict", "list", "none"}
+    return ".".join(str(p) for p in parts
+                    if not (isinstance(p, str) and ("[" in p or p in tags)))
 
 
 def format_validation_error(exc: ValidationError, source: str, prefix: str = "") -> str:
-    """One line per problem: ``source: key.path: message`` (duplicates from unions merged)."""
+    """One line per problem: ``source: key.path: message`` (duplicates from unions merged;
+    a union member's bare type mismatch is dropped when another member says more about a
+    key inside the value)."""
+    errors = [(_loc(tuple(err["loc"])), err) for err in exc.errors(include_url=False)]
     lines: list[str] = []
     seen: set[str] = set()
-    for err in exc.errors(include_url=False):
-        loc = _loc(tuple(err["loc"]))
+    for loc, err in errors:
+        if err["type"].endswith("_type") and any(
+                other.startswith(loc + ".") for other, _ in errors):
+            continue
         if prefix:
             loc = f"{prefix}.{loc}" if loc else prefix
         msg = err["msg"]
@@ -671,6 +718,8 @@ def validate_config(
                           f"got {type(data).__name__}")
     data = dict(data)
     if output_dir is not None:
+        if str(output_dir).strip() == "":
+            raise ConfigError("--out: empty path; name a dedicated folder for the results")
         data["output_dir"] = str(Path(output_dir).expanduser().resolve())
     if corpora_root is not None:
         data["corpora_root"] = str(Path(corpora_root).expanduser().resolve())
@@ -687,6 +736,9 @@ def validate_config(
         cfg.name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", stem).strip("-.") or "experiment"
     cfg.corpora_root = _resolve(cfg.corpora_root, base)
     cfg.output_dir = _resolve(cfg.output_dir, base) or (base / "runs" / cfg.name).resolve()
+    if cfg.output_dir == base and base_dir is not None:
+        raise ConfigError(f"{source}: output_dir: {cfg.output_dir} is the config's own folder; "
+                          "name a dedicated folder for the results")
     cfg.features.store = _resolve(cfg.features.store, base) or cfg.output_dir / "features"
     corpus_base = cfg.corpora_root or base
     for c in cfg.corpora:

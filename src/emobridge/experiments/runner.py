@@ -1,21 +1,27 @@
 """The grid runner: every (task, feature, method, few-shot k, seed) cell of a config.
 
-:func:`run_experiment` loads the corpora into one manifest, applies the label set, extracts
-every feature once (in this process, into the feature store), then runs the cells, one at a
-time or in ``jobs`` worker processes, and finally writes the tables, figures and the HTML
-report (see :mod:`emobridge.experiments.results` for the folder layout).
+:func:`run_experiment` loads the corpora into one manifest, applies each corpus's own
+mapping and then the label set, extracts every feature once (in this process, into the
+feature store), then runs the cells, one at a time or in ``jobs`` worker processes, and
+finally writes the tables, figures and the HTML report (see
+:mod:`emobridge.experiments.results` for the folder layout).
 
-Per cell: the source and target domains are split by speaker (``protocol.source_split`` /
-``target_split``, checked for shared speakers), ``k`` labelled target utterances are drawn
-from the target training speakers (the rest of them is the unlabelled pool), the method is
-built with the cell's seed and the run's device, fitted, and evaluated on the target test
-speakers (and on the source test speakers when there are any). The cell's ``metrics.json``
-is written atomically; a cell that raises is recorded (``error.json`` + ``traceback.txt``)
-and the others go on unless ``fail_fast``.
+Per cell, :func:`emobridge.protocols.assemble_cell` (the same function ``emobridge train``
+uses) splits source and target by speaker (``protocol.source_split`` / ``target_split``,
+checked for shared speakers and shared audio), draws ``k`` labelled target utterances from
+the target training speakers (all of them stay in the unlabelled pool) and picks the
+validation rows; :func:`emobridge.methods.runner.fit_and_evaluate` fits the method (built
+with the cell's seed and the run's device) and scores it on the target test speakers (and
+the source test speakers when there are any). The cell's ``metrics.json`` is written
+atomically; a cell that raises is recorded (``error.json`` + ``traceback.txt``) and the
+others go on unless ``fail_fast``.
 
 Resumption: a cell whose ``metrics.json`` is valid and carries the hash of the cell's
 current settings is skipped, so rerunning an interrupted (or extended) config only computes
 what is missing; changing a method's parameters re-runs that method's cells.
+
+Interruption: SIGINT / SIGTERM stop the workers and raise :class:`KeyboardInterrupt`
+(finished cells are kept); workers exit on their own when the parent process dies.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -47,6 +54,7 @@ from emobridge.experiments.config import (
     FeatureSpec,
     MethodConfig,
     ProtocolConfig,
+    check_name,
     task_name,
 )
 from emobridge.experiments.results import (
@@ -64,12 +72,10 @@ from emobridge.experiments.results import (
 )
 from emobridge.fileio import atomic_path, write_json_atomic, write_text_atomic
 
-try:  # advisory lock on the run folder (POSIX)
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
 Log = Callable[[str], None]
+
+#: Bumped when what a cell computes from the same settings changes (so old results re-run).
+CELL_VERSION = 2
 
 
 class ExperimentError(EmobridgeError):
@@ -79,41 +85,48 @@ class ExperimentError(EmobridgeError):
 # ---------------------------------------------------------------------- corpora
 
 
-def _corpus_manifest(cfg: ExperimentConfig, index: int, log: Log) -> tuple[pd.DataFrame,
-                                                                            pd.DataFrame]:
-    """Manifest of one configured corpus (ids and speakers namespaced by the corpus id)
-    and its scan problems."""
+def _read_corpus(cfg: ExperimentConfig, index: int, log: Log) -> tuple[pd.DataFrame,
+                                                                        pd.DataFrame]:
+    """The reader's manifest of one configured corpus and its scan problems."""
     from emobridge.corpora.base import get_reader
     from emobridge.corpora.manifest import read_manifest
     from emobridge.synthetic import load_or_generate
 
     c = cfg.corpora[index]
     problems = pd.DataFrame(columns=["corpus", "path", "reason"])
-    where = f"corpora.{index} ({c.id})"
     if c.reader == "synthetic":
-        opts = c.synthetic_options
         existed = (Path(c.path) / "synthetic.json").exists()
         t0 = time.perf_counter()
-        manifest = load_or_generate(c.path, corpus=c.id, **opts.model_dump())
+        manifest = load_or_generate(c.path, corpus=c.id, **c.synthetic_options.model_dump())
         if not existed:
             log(f"{c.id}: generated a synthetic corpus of {len(manifest)} utterances in "
                 f"{c.path} ({time.perf_counter() - t0:.1f} s)")
-    elif c.reader == "manifest":
-        manifest = read_manifest(c.path)
-    else:
-        try:
-            reader = get_reader(c.reader)(c.path, **c.options)
-        except TypeError as exc:
-            raise ConfigError(f"{where}: reader {c.reader!r}: {exc}") from None
-        result = reader.scan(strict=c.strict)
-        manifest = result.manifest
-        if result.problems:
-            problems = pd.DataFrame([{"corpus": c.id, "path": p.path, "reason": p.reason}
-                                     for p in result.problems])
-            log(f"{c.id}: {len(result.problems)} unusable files skipped (listed in "
-                "scan_problems.csv)")
+        return manifest, problems
+    if c.reader == "manifest":
+        return read_manifest(c.path), problems
+    try:
+        reader = get_reader(c.reader)(c.path, **c.options)
+    except TypeError as exc:
+        raise ConfigError(f"corpora.{index} ({c.id}): reader {c.reader!r}: {exc}") from None
+    result = reader.scan(strict=c.strict)
+    if result.problems:
+        problems = pd.DataFrame([{"corpus": c.id, "path": p.path, "reason": p.reason}
+                                 for p in result.problems])
+        log(f"{c.id}: {len(result.problems)} unusable files skipped (listed in "
+            "scan_problems.csv)")
+    return result.manifest, problems
+
+
+def _corpus_manifest(cfg: ExperimentConfig, index: int, log: Log) -> tuple[pd.DataFrame,
+                                                                            pd.DataFrame]:
+    """Manifest of one configured corpus (ids and speakers namespaced by the corpus id, the
+    corpus's own label mapping applied) and its scan problems."""
+    from emobridge.methods.runner import apply_corpus_mapping
+
+    c = cfg.corpora[index]
+    manifest, problems = _read_corpus(cfg, index, log)
     if manifest.empty:
-        raise CorpusError(f"{where}: no usable utterances under {c.path}")
+        raise CorpusError(f"corpora.{index} ({c.id}): no usable utterances under {c.path}")
     manifest = manifest.copy()
     original = manifest["corpus"].astype(str)
     manifest["speaker"] = [
@@ -123,6 +136,9 @@ def _corpus_manifest(cfg: ExperimentConfig, index: int, log: Log) -> tuple[pd.Da
     manifest["corpus"] = c.id
     if c.language:
         manifest["language"] = c.language
+    manifest, note = apply_corpus_mapping(manifest, c.mapping)
+    if note:
+        log(f"{c.id}: {note}")
     return manifest, problems
 
 
@@ -131,7 +147,8 @@ def load_corpora(cfg: ExperimentConfig, log: Log = print) -> tuple[pd.DataFrame,
     """All corpora in one manifest mapped to the label set.
 
     Returns ``(manifest, scan problems, label-set summary)``; the manifest has a fresh
-    ``RangeIndex`` (features are aligned with it) and a ``label_index`` column.
+    ``RangeIndex`` (features are aligned with it) and a ``label_index`` column. A file
+    listed by two corpora (also through another path to it) raises :class:`ConfigError`.
     """
     from emobridge.corpora.manifest import validate_manifest
 
@@ -141,10 +158,13 @@ def load_corpora(cfg: ExperimentConfig, log: Log = print) -> tuple[pd.DataFrame,
         frames.append(m)
         problems.append(p)
     combined = pd.concat(frames, ignore_index=True)
-    dup = combined["path"].duplicated()
+    real = combined["path"].astype(str).map(os.path.realpath)
+    dup = real.duplicated()
     if dup.any():
-        path = combined.loc[dup, "path"].iloc[0]
-        owners = sorted(set(combined.loc[combined["path"] == path, "corpus"]))
+        path = real[dup].iloc[0]
+        owners = sorted(set(combined.loc[real == path, "corpus"]))
+        if len(owners) == 1:
+            raise ConfigError(f"corpus {owners[0]!r} lists {path} twice (through two paths)")
         raise ConfigError(f"corpora {owners} both contain {path}: list each corpus once")
     combined = validate_manifest(combined, "combined manifest")
     label_set = cfg.taxonomy.build()
@@ -157,15 +177,22 @@ def load_corpora(cfg: ExperimentConfig, log: Log = print) -> tuple[pd.DataFrame,
     return kept.reset_index(drop=True), problems_frame, report.summary()
 
 
+def _domain_values(cfg: ExperimentConfig, manifest: pd.DataFrame) -> list[str]:
+    """The source / target domains present, each checked as a folder-name component."""
+    column = cfg.protocol.domain
+    present = list(dict.fromkeys(manifest[column].astype(str)))
+    values = ([c.id for c in cfg.corpora if c.id in present] if column == "corpus"
+              else sorted(present))
+    for v in values:
+        check_name(v, column)  # a reader's language code becomes part of cell folders
+    return values
+
+
 def expand_tasks(cfg: ExperimentConfig, manifest: pd.DataFrame) -> list[Task]:
     """The source -> target tasks of the protocol over the domains present in ``manifest``."""
     p = cfg.protocol
     column = p.domain
-    present = list(dict.fromkeys(manifest[column].astype(str)))
-    if column == "corpus":
-        values = [c.id for c in cfg.corpora if c.id in present]
-    else:
-        values = sorted(present)
+    values = _domain_values(cfg, manifest)
     if isinstance(p.pairs, list):
         tasks = []
         for i, pair in enumerate(p.pairs):
@@ -199,10 +226,18 @@ def method_ks(method: MethodConfig, protocol: ProtocolConfig) -> list[int | str]
 
 
 def expand_cells(cfg: ExperimentConfig, tasks: list[Task]) -> list[CellKey]:
-    """Every cell, in the order task, feature, method, k, seed."""
-    return [CellKey(task.name, feature.label, method.label, k, seed)
+    """Every cell, in the order task, feature, method, k, seed. Two cells with one id (one
+    folder) raise :class:`ConfigError`: one would overwrite the other's results."""
+    keys = [CellKey(task.name, feature.label, method.label, k, seed)
             for task in tasks for feature in cfg.feature_specs for method in cfg.methods
             for k in method_ks(method, cfg.protocol) for seed in cfg.seeds]
+    seen: set[str] = set()
+    for key in keys:
+        if key.id in seen:
+            raise ConfigError(f"two cells share the id {key.id!r} (and its folder); give "
+                              "tasks, extractors and methods distinct names")
+        seen.add(key.id)
+    return keys
 
 
 def cell_hash(cfg: ExperimentConfig, key: CellKey, task: Task, classes: tuple[str, ...]) -> str:
@@ -210,6 +245,7 @@ def cell_hash(cfg: ExperimentConfig, key: CellKey, task: Task, classes: tuple[st
     p = cfg.protocol
     method = cfg.method(key.method)
     return cfg.digest({
+        "version": CELL_VERSION,
         "key": key.as_dict(), "sources": task.sources, "target": task.target,
         "domain": p.domain, "classes": classes,
         "feature": cfg.feature(key.feature).as_spec(),
@@ -220,6 +256,16 @@ def cell_hash(cfg: ExperimentConfig, key: CellKey, task: Task, classes: tuple[st
         "corpora": [c.model_dump(mode="json") for c in cfg.corpora],
         "bootstrap": cfg.report.bootstrap, "max_points": cfg.report.max_points,
     })
+
+
+def cell_folder(run_dir: str | os.PathLike[str], key: CellKey) -> Path:
+    """The cell's folder, refused unless it lies inside ``run_dir/cells`` (names are
+    validated by the config schema; this guards against any that slipped through)."""
+    folder = cell_dir(run_dir, key)
+    root = (Path(run_dir) / "cells").resolve()
+    if folder.resolve().parent != root:
+        raise ConfigError(f"cell id {key.id!r} would write outside {root}")
+    return folder
 
 
 # ---------------------------------------------------------------------- one cell
@@ -238,6 +284,10 @@ class CellJob:
     feature_id: str
     classes: tuple[str, ...]
     config: ExperimentConfig
+    #: the resolved torch device (never ``auto``)
+    device: str = "cpu"
+    #: audio files left out because they could not be decoded (``skip_errors``)
+    skipped_files: int = 0
 
 
 @dataclass
@@ -271,26 +321,9 @@ def _cached_features(job: CellJob, manifest: pd.DataFrame) -> list[np.ndarray]:
     return _CACHE[key]
 
 
-@dataclass
-class Partitions:
-    """The speaker-disjoint pieces of one cell."""
-
-    source_train: pd.DataFrame
-    source_validation: pd.DataFrame
-    source_test: pd.DataFrame
-    target_train: pd.DataFrame
-    target_validation: pd.DataFrame
-    target_test: pd.DataFrame
-
-    def sizes(self) -> dict[str, dict[str, int]]:
-        return {name: {"utterances": len(f), "speakers": int(f["speaker"].nunique())}
-                for name, f in vars(self).items()}
-
-
-def make_partitions(manifest: pd.DataFrame, task: Task, protocol: ProtocolConfig,
-                    seed: int) -> Partitions:
-    """Split source and target domains by speaker (seeded) and check independence."""
-    from emobridge.protocols import check_speaker_independence, speaker_split
+def cell_rows(manifest: pd.DataFrame, task: Task, protocol: ProtocolConfig, key: CellKey):
+    """The rows of one cell (:func:`emobridge.protocols.assemble_cell`) -> ``CellRows``."""
+    from emobridge.protocols import assemble_cell
 
     column = manifest[protocol.domain].astype(str)
     source = manifest[column.isin(task.sources)]
@@ -298,20 +331,28 @@ def make_partitions(manifest: pd.DataFrame, task: Task, protocol: ProtocolConfig
     if source.empty or target.empty:
         side = "source" if source.empty else "target"
         raise ConfigError(f"task {task.name}: no {side} utterances")
-    split_seed = protocol.split_seed if protocol.split_seed is not None else seed
-    s = speaker_split(source, protocol.source_split.as_tuple(), split_seed, protocol.stratify_by)
-    t = speaker_split(target, protocol.target_split.as_tuple(), split_seed, protocol.stratify_by)
-    parts = Partitions(s.train, s.validation, s.test, t.train, t.validation, t.test)
-    check_speaker_independence(vars(parts))
-    return parts
+    return assemble_cell(
+        source, target, k=key.k, validation=protocol.validation,
+        seed=protocol.split_seed if protocol.split_seed is not None else key.seed,
+        target_ratios=protocol.target_split.as_tuple(),
+        source_ratios=protocol.source_split.as_tuple(), stratify_by=protocol.stratify_by)
 
 
-def _seed_all(seed: int) -> None:
-    import torch
+def _build_cell_method(job: CellJob):
+    """The cell's method, seeded with the cell's seed, on the run's device."""
+    from emobridge.methods import build_method
+    from emobridge.methods.base import available_methods
+    from emobridge.runtime import seed_everything
 
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    method_cfg = job.config.method(job.key.method)
+    params = dict(method_cfg.params)
+    names = available_methods()[method_cfg.method].param_names()
+    for name, value in (("seed", job.key.seed), ("random_state", job.key.seed),
+                        ("device", job.device)):
+        if name in names:
+            params[name] = value
+    seed_everything(job.key.seed)
+    return build_method(method_cfg.method, **params)
 
 
 def _subsample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -321,128 +362,93 @@ def _subsample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return frame.iloc[np.sort(rng.choice(len(frame), n, replace=False))]
 
 
+def _embedding_step(job: CellJob, method: Any, rows: Any, to_data: Callable
+                    ) -> tuple[dict[str, float] | None, str | None]:
+    """Embed test utterances of both languages (the semi-supervised paper's Fig. 6): the
+    target test speakers plus source test speakers, else source validation or training
+    ones. Returns ``(silhouettes, error)``; a failure is reported, not fatal."""
+    from emobridge.metrics import silhouette_by_label
+
+    cfg, key, split = job.config, job.key, rows.split
+    source_rows = next(f for f in (split.source_test, split.source_validation,
+                                    split.source_train) if not f.empty)
+    half = cfg.report.max_points // 2
+    source_rows = _subsample(source_rows, min(half, cfg.protocol.max_source_points), key.seed)
+    target_rows = _subsample(split.target_test, cfg.report.max_points - len(source_rows),
+                             key.seed)
+    both = pd.concat([target_rows, source_rows])
+    try:
+        emb = np.asarray(method.embed(to_data(both)), dtype=np.float32)
+        if emb.ndim != 2 or len(emb) != len(both):
+            raise EmobridgeError(f"embed() returned shape {emb.shape} for {len(both)} rows")
+        emotions = both["emotion"].astype(str).to_numpy()
+        languages = both["language"].astype(str).to_numpy()
+        n_target = len(target_rows)
+        silhouette = {
+            "emotion": silhouette_by_label(emb, emotions),
+            "language": silhouette_by_label(emb, languages),
+            "emotion_target": silhouette_by_label(emb[:n_target], emotions[:n_target]),
+        }
+        write_embedding(cell_folder(job.run_dir, key), emb, emotions, languages,
+                        ["target"] * n_target + ["source"] * len(source_rows))
+        return silhouette, None
+    except Exception as exc:  # reported in metrics.json and the report, not fatal
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 def _run_cell(job: CellJob) -> dict[str, Any]:
-    from emobridge.methods import EmotionData, build_method
-    from emobridge.metrics import evaluate, silhouette_by_label
-    from emobridge.protocols import few_shot_subset
+    from emobridge.methods import EmotionData
+    from emobridge.methods.runner import cell_data, fit_and_evaluate
 
     cfg, key = job.config, job.key
     t_start = time.perf_counter()
     manifest = _cached_manifest(job.manifest_path)
     feats = _cached_features(job, manifest)
-    parts = make_partitions(manifest, job.task, cfg.protocol, key.seed)
-    classes = job.classes
-
-    def data(rows: pd.DataFrame, labelled: bool = True) -> EmotionData | None:
-        if rows is None or rows.empty:
-            return None
-        return EmotionData.from_manifest(rows, [feats[i] for i in rows.index], classes,
-                                         labelled=labelled)
-
-    pool = parts.target_train
-    if key.k == "all":
-        labelled_rows, unlabelled_rows = pool, pool.iloc[0:0]
-    elif int(key.k) > 0:
-        labelled_rows = few_shot_subset(pool, int(key.k), key.seed)
-        unlabelled_rows = pool.drop(index=labelled_rows.index)
-    else:
-        labelled_rows, unlabelled_rows = pool.iloc[0:0], pool
-    validation_rows = {
-        "source": [parts.source_validation], "target": [parts.target_validation],
-        "both": [parts.source_validation, parts.target_validation], "none": [],
-    }[cfg.protocol.validation]
-    validation_frame = (pd.concat(validation_rows) if validation_rows
-                        else manifest.iloc[0:0])
-
-    method_cfg = cfg.method(key.method)
-    params = dict(method_cfg.params)
-    from emobridge.methods.base import available_methods
-
-    names = available_methods()[method_cfg.method].param_names()
-    if "seed" in names:
-        params["seed"] = key.seed
-    if "random_state" in names:
-        params["random_state"] = key.seed
-    if "device" in names:
-        params["device"] = cfg.device
-    _seed_all(key.seed)
-    method = build_method(method_cfg.method, **params)
-    source_data = data(parts.source_train)
-    if source_data is None:
-        raise ConfigError(f"task {job.task.name}: the source split left no training speakers")
+    rows = cell_rows(manifest, job.task, cfg.protocol, key)
+    data = cell_data(rows, lambda frame: [feats[i] for i in frame.index], job.classes)
+    method = _build_cell_method(job)
     t_fit = time.perf_counter()
-    method.fit(source_data, data(unlabelled_rows, labelled=False), data(labelled_rows),
-               data(validation_frame))
+    result = fit_and_evaluate(method, data, cfg.report.bootstrap, seed=key.seed)
     fit_s = time.perf_counter() - t_fit
-
-    n_boot = cfg.report.bootstrap
-    test = data(parts.target_test)
-    y_pred = np.asarray(method.predict(test))
-    target_metrics = evaluate(test.labels, y_pred, classes, ci=n_boot > 0,
-                              n_resamples=max(1, n_boot), seed=key.seed)
-    predictions = {"target": {"y_true": test.labels, "y_pred": y_pred,
-                              "ids": test.ids.tolist()}}
-    source_metrics = None
-    source_test = data(parts.source_test)
-    if source_test is not None:
-        s_pred = np.asarray(method.predict(source_test))
-        source_metrics = evaluate(source_test.labels, s_pred, classes, ci=n_boot > 0,
-                                  n_resamples=max(1, n_boot), seed=key.seed)
-        predictions["source"] = {"y_true": source_test.labels, "y_pred": s_pred}
-
-    # Embeddings of test utterances of both languages (the semi-supervised paper's Fig. 6):
-    # target test plus the source test speakers, else source validation or training ones.
-    silhouette, embedding_error = None, None
-    source_rows = next(f for f in (parts.source_test, parts.source_validation,
-                                    parts.source_train) if not f.empty)
-    half = cfg.report.max_points // 2
-    source_rows = _subsample(source_rows, min(half, cfg.protocol.max_source_points), key.seed)
-    target_rows = _subsample(parts.target_test, cfg.report.max_points - len(source_rows),
-                             key.seed)
-    rows = pd.concat([target_rows, source_rows])
-    try:
-        emb = np.asarray(method.embed(data(rows)), dtype=np.float32)
-        if emb.ndim != 2 or len(emb) != len(rows):
-            raise EmobridgeError(f"embed() returned shape {emb.shape} for {len(rows)} rows")
-        emotions = rows["emotion"].astype(str).to_numpy()
-        languages = rows["language"].astype(str).to_numpy()
-        silhouette = {
-            "emotion": silhouette_by_label(emb, emotions),
-            "language": silhouette_by_label(emb, languages),
-            "emotion_target": silhouette_by_label(emb[: len(target_rows)],
-                                                  emotions[: len(target_rows)]),
-        }
-        write_embedding(cell_dir(job.run_dir, key), emb, emotions, languages,
-                        ["target"] * len(target_rows) + ["source"] * len(source_rows))
-    except Exception as exc:  # reported in metrics.json and the report, not fatal
-        embedding_error = f"{type(exc).__name__}: {exc}"
-
-    history = list(getattr(method, "history_", None) or [])
+    predictions: dict[str, Any] = {"target": {
+        "y_true": data.test.labels, "y_pred": result["test_proba"].argmax(axis=1),
+        "ids": data.test.ids.tolist()}}
+    if data.source_test is not None:
+        predictions["source"] = {"y_true": data.source_test.labels,
+                                 "y_pred": result["source_pred"]}
+    silhouette, embedding_error = _embedding_step(
+        job, method, rows, lambda f: EmotionData.from_manifest(
+            f, [feats[i] for i in f.index], job.classes))
     return {
         "cell": {**key.as_dict(), "sources": list(job.task.sources),
-                 "target_domain": job.task.target, "method_class": method_cfg.method},
-        "cell_hash": job.cell_hash,
-        "classes": list(classes),
-        "feature_id": job.feature_id,
-        "method_params": method.get_params(),
-        "target": target_metrics,
-        "source": source_metrics,
-        "silhouette": silhouette,
-        "embedding_error": embedding_error,
-        "history": history,
-        "sizes": {**parts.sizes(), "target_labelled": len(labelled_rows),
-                  "target_unlabelled": len(unlabelled_rows),
-                  "validation": len(validation_frame)},
-        "predictions": predictions,
+                 "target_domain": job.task.target,
+                 "method_class": cfg.method(key.method).method},
+        "cell_hash": job.cell_hash, "classes": list(job.classes),
+        "feature_id": job.feature_id, "method_params": method.get_params(),
+        "target": result["test"], "source": result["source"],
+        "missing_classes": result["missing_classes"],
+        "silhouette": silhouette, "embedding_error": embedding_error,
+        "history": result["history"], "sizes": _sizes(rows), "predictions": predictions,
+        "device": job.device, "skipped_files": job.skipped_files,
         "timing": {"fit_s": fit_s, "total_s": time.perf_counter() - t_start},
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
+def _sizes(rows: Any) -> dict[str, Any]:
+    """Per-piece sizes as recorded in metrics.json (labelled / unlabelled / validation as
+    utterance counts)."""
+    sizes = rows.sizes()
+    return {**{k: v for k, v in sizes.items() if k in rows.split.partitions()},
+            "target_labelled": sizes["target_labelled"]["utterances"],
+            "target_unlabelled": sizes["target_unlabelled"]["utterances"],
+            "validation": sizes["validation"]["utterances"]}
+
+
 def execute_cell(job: CellJob) -> CellOutcome:
     """Run one cell and record its outcome on disk; never raises for a cell's own error."""
     start = time.perf_counter()
-    directory = cell_dir(job.run_dir, job.key)
+    directory = cell_folder(job.run_dir, job.key)
     try:
         payload = _run_cell(job)
         write_cell_metrics(directory, payload)
@@ -454,7 +460,30 @@ def execute_cell(job: CellJob) -> CellOutcome:
                            error=f"{type(exc).__name__}: {exc}")
 
 
-def _init_worker(threads: int) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker exit when the process that started it dies (``kill -9`` included):
+    the kernel's parent-death signal on Linux, and a watchdog thread everywhere."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="emobridge-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(threads: int, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group: the parent decides and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import torch
 
@@ -477,6 +506,8 @@ class RunSummary:
     report: Path | None
     table: pd.DataFrame
     failures: list[CellOutcome] = field(default_factory=list)
+    #: audio files left out because they could not be decoded (``skip_errors``)
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
 
 
 def git_commit(path: Path) -> str | None:
@@ -494,27 +525,30 @@ def git_commit(path: Path) -> str | None:
 
 @contextlib.contextmanager
 def _run_lock(run_dir: Path) -> Iterator[None]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
+    from emobridge.fileio import file_lock
+
+    with file_lock(run_dir / ".lock") as held:
+        if not held:
+            raise ExperimentError(f"{run_dir} is in use by another `emobridge run`")
+        yield
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into :class:`KeyboardInterrupt` for the block (as Ctrl-C), so both stop
+    the workers and keep finished cells. Only the main thread can install handlers."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    with open(run_dir / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ExperimentError(f"{run_dir} is in use by another `emobridge run`") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _build_extractor(spec: FeatureSpec, device: str):
@@ -526,7 +560,7 @@ def _build_extractor(spec: FeatureSpec, device: str):
     cls = available_extractors().get(spec.name)
     if cls is not None and "device" in inspect.signature(cls.__init__).parameters \
             and "device" not in params:
-        params["device"] = _resolve_device(device)
+        params["device"] = device
     return build_extractor({"name": spec.name, "params": params})
 
 
@@ -545,6 +579,89 @@ class _Logger:
             self.echo(message)
 
 
+@dataclass
+class _Plan:
+    """What a run computes: the manifest, the tasks, every cell and the pending ones."""
+
+    manifest: pd.DataFrame
+    classes: tuple[str, ...]
+    tasks: dict[str, Task]
+    keys: list[CellKey]
+    hashes: dict[CellKey, str]
+    pending: list[CellKey]
+
+
+def _plan(cfg: ExperimentConfig, run_dir: Path, logger: Log) -> _Plan:
+    """Load the corpora, expand the grid and find the cells not finished yet."""
+    manifest, problems, label_summary = load_corpora(cfg, logger)
+    classes = tuple(cfg.taxonomy.build().classes)
+    if not problems.empty:
+        with atomic_path(run_dir / "scan_problems.csv") as tmp:
+            problems.to_csv(tmp, index=False)
+    logger(f"{len(manifest)} utterances, {manifest['speaker'].nunique()} speakers, "
+           f"classes {list(classes)}; {label_summary}")
+    tasks = expand_tasks(cfg, manifest)
+    by_name = {t.name: t for t in tasks}
+    keys = expand_cells(cfg, tasks)
+    hashes = {k: cell_hash(cfg, k, by_name[k.task], classes) for k in keys}
+    pending = [k for k in keys
+               if read_cell_metrics(cell_folder(run_dir, k), hashes[k]) is None]
+    logger(f"{len(tasks)} task(s), {len(keys)} cell(s): {len(keys) - len(pending)} already "
+           f"finished (skipped), {len(pending)} to run")
+    return _Plan(manifest, classes, by_name, keys, hashes, pending)
+
+
+def _extract_features(cfg: ExperimentConfig, plan: _Plan, device: str, progress: bool,
+                      logger: Log) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Extract the features the pending cells need. Returns the feature id per label and
+    the files skipped as undecodable (``cfg.skip_errors``; otherwise they raise)."""
+    from emobridge.features.store import FeatureStore
+
+    store = FeatureStore(cfg.features.store)
+    feature_ids: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    needed = {k.feature for k in plan.pending}
+    for spec in cfg.feature_specs:
+        extractor = _build_extractor(spec, device)
+        feature_ids[spec.label] = extractor.id
+        if spec.label in needed:
+            report = store.extract(plan.manifest, extractor, progress=progress,
+                                   skip_errors=cfg.skip_errors)
+            logger(f"features {spec.label}: {report.summary()}")
+            for path, reason in report.failures:
+                skipped.setdefault(path, reason)
+    if skipped:
+        logger(f"skip_errors: {len(skipped)} audio file(s) left out of every cell (listed in "
+               "skipped_files.csv)")
+    return feature_ids, sorted(skipped.items())
+
+
+def _write_cell_manifest(run_dir: Path, plan: _Plan, skipped: list[tuple[str, str]]) -> Path:
+    """Write the manifest the cells read, without skipped files (rows renumbered: the
+    cells' features are aligned with its index)."""
+    from emobridge.corpora.manifest import write_manifest
+
+    if skipped:
+        gone = {p for p, _ in skipped}
+        plan.manifest = plan.manifest[~plan.manifest["path"].isin(gone)].reset_index(drop=True)
+        with atomic_path(run_dir / "skipped_files.csv") as tmp:
+            pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(tmp, index=False)
+    path = run_dir / "manifest.csv"
+    write_manifest(plan.manifest, path)
+    return path
+
+
+def _start_info(cfg: ExperimentConfig, device: str, jobs: int) -> dict[str, Any]:
+    return {
+        "name": cfg.name, "emobridge_version": __version__,
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "host": platform.node(), "device": device, "device_requested": cfg.device,
+        "jobs": jobs, "skip_errors": cfg.skip_errors,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     jobs: int = 1,
@@ -558,106 +675,89 @@ def run_experiment(
     ----------
     cfg:
         A validated config (:func:`~emobridge.experiments.config.load_config`); results go
-        to ``cfg.output_dir``.
+        to ``cfg.output_dir``, which must be new, empty or an earlier run's folder (marked
+        by its ``run.json``).
     jobs:
-        Worker processes for the cells (1: in this process). Feature extraction always runs
-        here, before the cells.
+        Worker processes for the cells (1: in this process); features are extracted here.
     fail_fast:
-        Stop at the first failed cell (raises :class:`ExperimentError`); otherwise failed
-        cells are recorded and the rest runs.
+        Stop at the first failed cell (:class:`ExperimentError`); else record it, go on.
     log:
         Called with each progress line (``None``: silent); lines also go to ``run.log``.
     progress:
         Show progress bars during feature extraction.
 
-    Cells that failed are listed in :attr:`RunSummary.failures`; the caller decides whether
-    that is an error (the CLI exits with status 1).
+    Failed cells are listed in :attr:`RunSummary.failures` (the CLI exits with 1).
+    SIGINT / SIGTERM stop the workers and raise :class:`KeyboardInterrupt`; finished cells
+    stay on disk for the next run.
     """
+    from emobridge.fileio import prepare_output_dir
+    from emobridge.runtime import resolve_device
+
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
-    run_dir = Path(cfg.output_dir)
+    device = resolve_device(cfg.device)
+    run_dir = prepare_output_dir(cfg.output_dir, marker="run.json", what="output_dir",
+                                 allow=(".lock",))
     started = time.perf_counter()
-    with _run_lock(run_dir):
-        logger = _Logger(run_dir / "run.log", log)
-        logger(f"run {cfg.name} -> {run_dir}")
-        write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
-        info: dict[str, Any] = {
-            "name": cfg.name, "emobridge_version": __version__,
-            "git_commit": git_commit(Path(__file__).resolve().parent),
-            "python": sys.version.split()[0], "platform": platform.platform(),
-            "host": platform.node(), "device": cfg.device, "jobs": jobs,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+    with _run_lock(run_dir), _sigterm_interrupts():
+        info = _start_info(cfg, device, jobs)
         write_json_atomic(run_dir / "run.json", info)
-
+        logger = _Logger(run_dir / "run.log", log)
+        logger(f"run {cfg.name} -> {run_dir} (device {device})")
+        write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
         t0 = time.perf_counter()
-        manifest, problems, label_summary = load_corpora(cfg, logger)
-        classes = tuple(cfg.taxonomy.build().classes)
-        from emobridge.corpora.manifest import write_manifest
-
-        manifest_path = run_dir / "manifest.csv"
-        write_manifest(manifest, manifest_path)
-        if not problems.empty:
-            with atomic_path(run_dir / "scan_problems.csv") as tmp:
-                problems.to_csv(tmp, index=False)
-        logger(f"{len(manifest)} utterances, {manifest['speaker'].nunique()} speakers, "
-               f"classes {list(classes)}; {label_summary}")
-        tasks = expand_tasks(cfg, manifest)
-        task_by_name = {t.name: t for t in tasks}
-        keys = expand_cells(cfg, tasks)
-        hashes = {k: cell_hash(cfg, k, task_by_name[k.task], classes) for k in keys}
-        pending = [k for k in keys if read_cell_metrics(cell_dir(run_dir, k), hashes[k]) is None]
-        n_skipped = len(keys) - len(pending)
-        logger(f"{len(tasks)} task(s), {len(keys)} cell(s): {n_skipped} already finished "
-               f"(skipped), {len(pending)} to run")
+        plan = _plan(cfg, run_dir, logger)
         info["corpora_s"] = time.perf_counter() - t0
-
         t0 = time.perf_counter()
-        from emobridge.features.store import FeatureStore
-
-        store = FeatureStore(cfg.features.store)
-        feature_ids: dict[str, str] = {}
-        needed = {k.feature for k in pending}
-        for spec in cfg.feature_specs:
-            extractor = _build_extractor(spec, cfg.device)
-            feature_ids[spec.label] = extractor.id
-            if spec.label in needed:
-                report = store.extract(manifest, extractor, progress=progress)
-                logger(f"features {spec.label}: {report.summary()}")
-        info["features_s"] = time.perf_counter() - t0
-
-        jobs_list = [CellJob(k, task_by_name[k.task], hashes[k], str(run_dir),
+        feature_ids, skipped = _extract_features(cfg, plan, device, progress, logger)
+        manifest_path = _write_cell_manifest(run_dir, plan, skipped)
+        info.update(features_s=time.perf_counter() - t0, n_skipped_files=len(skipped))
+        jobs_list = [CellJob(k, plan.tasks[k.task], plan.hashes[k], str(run_dir),
                              str(manifest_path), str(cfg.features.store), feature_ids[k.feature],
-                             classes, cfg) for k in pending]
+                             plan.classes, cfg, device, len(skipped)) for k in plan.pending]
         t0 = time.perf_counter()
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // jobs)
-        outcomes = _execute(jobs_list, jobs, threads, fail_fast, logger, manifest)
+        try:
+            outcomes = _execute(jobs_list, jobs, threads, fail_fast, logger, plan.manifest)
+        except KeyboardInterrupt:
+            logger("interrupted: finished cells are kept; rerun to compute the rest")
+            raise
         info["cells_s"] = time.perf_counter() - t0
-        failures = [o for o in outcomes if o.status != "ok"]
+        summary = _finish(cfg, run_dir, plan, outcomes, info, logger, started)
+        summary.skipped_files = skipped
+    return summary
 
-        t0 = time.perf_counter()
-        records = collect(run_dir, [(k, task_by_name[k.task], hashes[k]) for k in keys])
-        table = aggregate(records, cfg.report.bootstrap)
-        cells = cells_frame(records)
-        write_tables(run_dir, table, cells)
-        info.update({
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "n_cells": len(keys), "n_skipped": n_skipped, "n_run": len(outcomes) - len(failures),
-            "n_failed": len(failures), "seconds": time.perf_counter() - started,
-            "n_utterances": len(manifest), "classes": list(classes),
-            "tasks": [{"name": t.name, "sources": list(t.sources), "target": t.target}
-                      for t in tasks],
-        })
-        from emobridge.experiments.report import write_report
 
-        report_path = write_report(run_dir, cfg, records, table, info, logger)
-        info["report_s"] = time.perf_counter() - t0
-        info["seconds"] = time.perf_counter() - started
-        write_json_atomic(run_dir / "run.json", info)
-        logger(f"done in {info['seconds']:.1f} s: {info['n_run']} run, {n_skipped} skipped, "
-               f"{len(failures)} failed; report: {report_path}")
-    return RunSummary(run_dir, len(keys), n_skipped, len(outcomes) - len(failures),
-                      len(failures), info["seconds"], report_path, table, failures)
+def _finish(cfg: ExperimentConfig, run_dir: Path, plan: _Plan, outcomes: list[CellOutcome],
+            info: dict[str, Any], logger: Log, started: float) -> RunSummary:
+    """Collect every cell, write tables, report and the final ``run.json``."""
+    from emobridge.experiments.report import write_report
+
+    t0 = time.perf_counter()
+    failures = [o for o in outcomes if o.status != "ok"]
+    n_skipped = len(plan.keys) - len(plan.pending)
+    records = collect(run_dir, [(k, plan.tasks[k.task], plan.hashes[k]) for k in plan.keys])
+    table = aggregate(records, cfg.report.bootstrap)
+    write_tables(run_dir, table, cells_frame(records))
+    info.update({
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_cells": len(plan.keys), "n_skipped": n_skipped,
+        "n_run": len(outcomes) - len(failures), "n_failed": len(failures),
+        "seconds": time.perf_counter() - started, "n_utterances": len(plan.manifest),
+        "classes": list(plan.classes),
+        "tasks": [{"name": t.name, "sources": list(t.sources), "target": t.target}
+                  for t in plan.tasks.values()],
+    })
+    report_path = write_report(run_dir, cfg, records, table, info, logger)
+    info["report_s"] = time.perf_counter() - t0
+    info["seconds"] = time.perf_counter() - started
+    write_json_atomic(run_dir / "run.json", info)
+    skipped_note = (f", {info['n_skipped_files']} audio file(s) skipped"
+                    if info.get("n_skipped_files") else "")
+    logger(f"done in {info['seconds']:.1f} s: {info['n_run']} run, {n_skipped} skipped, "
+           f"{len(failures)} failed{skipped_note}; report: {report_path}")
+    return RunSummary(run_dir, len(plan.keys), n_skipped, info["n_run"], len(failures),
+                      info["seconds"], report_path, table, failures)
 
 
 def _log_outcome(logger: Log, outcome: CellOutcome, done: int, total: int) -> None:
@@ -679,51 +779,81 @@ def _execute(jobs_list: list[CellJob], jobs: int, threads: int, fail_fast: bool,
              manifest: pd.DataFrame) -> list[CellOutcome]:
     """Run the cells in this process (``jobs == 1``) or in ``jobs`` spawned workers, each
     with ``threads`` torch threads."""
-    total = len(jobs_list)
-    outcomes: list[CellOutcome] = []
     if not jobs_list:
-        return outcomes
-    if jobs == 1 or total == 1:
-        import torch
+        return []
+    if jobs == 1 or len(jobs_list) == 1:
+        return _execute_here(jobs_list, threads, fail_fast, logger, manifest)
+    return _execute_pool(jobs_list, jobs, threads, fail_fast, logger)
 
-        # In-process: seed the cache with the manifest already in memory.
-        _CACHE[("manifest", jobs_list[0].manifest_path)] = manifest
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            for job in jobs_list:
-                outcome = execute_cell(job)
-                outcomes.append(outcome)
-                _log_outcome(logger, outcome, len(outcomes), total)
-                if fail_fast and outcome.status != "ok":
-                    raise _fail_fast_error(outcome, job.run_dir)
-        finally:
-            _CACHE.clear()
-            torch.set_num_threads(previous_threads)
-        return outcomes
-    executor = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads,))
-    futures: dict[Future, CellJob] = {executor.submit(execute_cell, j): j for j in jobs_list}
+
+def _execute_here(jobs_list: list[CellJob], threads: int, fail_fast: bool, logger: Log,
+                  manifest: pd.DataFrame) -> list[CellOutcome]:
+    import torch
+
+    outcomes: list[CellOutcome] = []
+    # In-process: seed the cache with the manifest already in memory.
+    _CACHE[("manifest", jobs_list[0].manifest_path)] = manifest
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
+        for job in jobs_list:
+            outcome = execute_cell(job)
+            outcomes.append(outcome)
+            _log_outcome(logger, outcome, len(outcomes), len(jobs_list))
+            if fail_fast and outcome.status != "ok":
+                raise _fail_fast_error(outcome, job.run_dir)
+    finally:
+        _CACHE.clear()
+        torch.set_num_threads(previous_threads)
+    return outcomes
+
+
+def _outcome(fut: Future, job: CellJob) -> CellOutcome:
+    try:
+        return fut.result()
+    except BrokenProcessPool as exc:
+        # The worker died (killed, out of memory): record it like a cell error.
+        write_cell_error(cell_folder(job.run_dir, job.key), job.key, job.cell_hash, exc,
+                         traceback.format_exc())
+        return CellOutcome(job.key, "failed", 0.0, error=f"worker process died: {exc}")
+
+
+def _stop_workers(executor: ProcessPoolExecutor) -> None:
+    """Cancel queued cells and terminate running workers (``shutdown`` alone would wait for
+    the running cells to finish)."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(timeout=5)
+
+
+def _execute_pool(jobs_list: list[CellJob], jobs: int, threads: int, fail_fast: bool,
+                  logger: Log) -> list[CellOutcome]:
+    outcomes: list[CellOutcome] = []
+    executor = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
+                                   initializer=_init_worker, initargs=(threads, os.getpid()))
+    finished = False
+    try:
+        futures: dict[Future, CellJob] = {executor.submit(execute_cell, j): j
+                                          for j in jobs_list}
         remaining = set(futures)
         while remaining:
-            done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+            # A timeout keeps the main thread responsive to SIGINT / SIGTERM.
+            done, remaining = wait(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
             for fut in done:
-                job = futures[fut]
-                try:
-                    outcome = fut.result()
-                except BrokenProcessPool as exc:
-                    # The worker died (killed, out of memory): record it like a cell error.
-                    outcome = CellOutcome(job.key, "failed", 0.0,
-                                          error=f"worker process died: {exc}")
-                    write_cell_error(cell_dir(job.run_dir, job.key), job.key, job.cell_hash,
-                                     exc, traceback.format_exc())
+                outcome = _outcome(fut, futures[fut])
                 outcomes.append(outcome)
-                _log_outcome(logger, outcome, len(outcomes), total)
+                _log_outcome(logger, outcome, len(outcomes), len(jobs_list))
                 if fail_fast and outcome.status != "ok":
-                    for other in remaining:
-                        other.cancel()
-                    raise _fail_fast_error(outcome, job.run_dir)
+                    raise _fail_fast_error(outcome, futures[fut].run_dir)
+        finished = True
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        if finished:
+            executor.shutdown(wait=True)
+        else:
+            _stop_workers(executor)
     return outcomes

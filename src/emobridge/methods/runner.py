@@ -1,45 +1,46 @@
-"""One source -> target experiment: manifests + feature store -> :class:`EmotionData` pieces,
-fit a method, evaluate on the held-out target speakers. ``emobridge train`` is a thin layer
-over :func:`load_experiment_data` and :func:`run_experiment`.
+"""One source -> target cell: manifest rows -> :class:`EmotionData` pieces -> fit -> metrics.
 
-Split (speaker-independent, :func:`emobridge.protocols.cross_corpus_split`): the target's
-speakers are divided into train (the unlabelled adaptation pool and the pool few-shot labels
-come from), validation and test by ``target_ratios``; the source is used whole, unless
-``validation="source"`` holds out ``source_validation_ratio`` of its speakers.
+Both ``emobridge run`` (every cell of a grid, :mod:`emobridge.experiments.runner`) and
+``emobridge train`` (one cell from two manifests) come through here:
+:func:`emobridge.protocols.assemble_cell` decides the rows of each piece (speaker split,
+few-shot draw, validation), :func:`cell_data` turns them into features, and
+:func:`fit_and_evaluate` fits the method and scores it.
 
 What each method sees:
 
 - ``source``: labelled source training speakers;
-- ``target_unlabelled``: the target training speakers with labels hidden;
-- ``target_labelled``: ``k`` labelled target training utterances (few-shot,
-  :func:`emobridge.protocols.few_shot_subset`), every target training utterance when
-  ``all_target_labels`` (the ``supervised`` upper bound), or nothing;
-- ``validation``: the labelled target validation speakers (``validation="target"``, model
-  selection with target labels, as commonly reported), held-out source speakers
-  (``"source"``: no target label is read at all), or none.
+- ``target_unlabelled``: every target training utterance with its label hidden;
+- ``target_labelled``: ``k`` of those utterances with labels (few-shot,
+  :func:`emobridge.protocols.few_shot_subset`), all of them (``k="all"``, the upper
+  bound), or nothing;
+- ``validation``: held-out source speakers (the default: no target label is read), the
+  labelled target validation speakers, both, or none.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from emobridge.errors import ConfigError
+from emobridge.errors import EmobridgeWarning
 from emobridge.methods.base import AdaptationMethod
 from emobridge.methods.data import EmotionData
+from emobridge.protocols import CellRows
 
-ValidationSource = Literal["target", "source", "none"]
+#: Features of a frame's rows, in row order.
+FeatureLookup = Callable[[pd.DataFrame], Sequence[np.ndarray]]
 
 
 @dataclass
 class ExperimentData:
-    """The pieces of one experiment, plus the split and what the label mapping dropped."""
+    """The pieces of one cell, plus its rows and what the label mapping dropped."""
 
     source: EmotionData
     target_unlabelled: EmotionData | None
@@ -47,9 +48,15 @@ class ExperimentData:
     validation: EmotionData | None
     test: EmotionData
     classes: tuple[str, ...]
-    split: Any  # emobridge.protocols.CrossCorpusSplit
+    rows: CellRows
+    source_test: EmotionData | None = None
     label_reports: dict[str, str] = field(default_factory=dict)
     extractor_id: str = ""
+
+    @property
+    def split(self):  # -> emobridge.protocols.CrossCorpusSplit
+        """The speaker-disjoint pieces."""
+        return self.rows.split
 
     def summary(self) -> dict[str, Any]:
         """Sizes and speakers of every piece (JSON-ready)."""
@@ -64,6 +71,38 @@ class ExperimentData:
                 "validation": describe(self.validation), "test": describe(self.test),
                 "classes": list(self.classes), "label_mapping": self.label_reports,
                 "extractor_id": self.extractor_id}
+
+
+def needs_target_labels(method_cls: type) -> bool:
+    """Whether a method class trains on every labelled target utterance (an upper bound)
+    rather than on ``k`` of them: its ``needs_target_labels`` class attribute."""
+    declared = getattr(method_cls, "needs_target_labels", None)
+    if declared is None:  # interim, until methods/base.py declares the attribute
+        return getattr(method_cls, "name", None) == "supervised"
+    return bool(declared)
+
+
+def cell_data(rows: CellRows, features: FeatureLookup, classes: Sequence[str]) -> ExperimentData:
+    """:class:`EmotionData` for every piece of ``rows``; ``features(frame)`` gives the
+    features of a frame's rows. Raises when the source split left no training rows."""
+    from emobridge.errors import ConfigError
+
+    classes = tuple(classes)
+
+    def piece(frame: pd.DataFrame, labelled: bool = True) -> EmotionData | None:
+        if frame is None or frame.empty:
+            return None
+        return EmotionData.from_manifest(frame, list(features(frame)), classes,
+                                         labelled=labelled)
+
+    split = rows.split
+    source, test = piece(split.source_train), piece(split.target_test)
+    if source is None or test is None:
+        raise ConfigError("the speaker split left no source training or target test speakers")
+    return ExperimentData(
+        source=source, target_unlabelled=piece(rows.unlabelled, labelled=False),
+        target_labelled=piece(rows.labelled), validation=piece(rows.validation), test=test,
+        classes=classes, rows=rows, source_test=piece(split.source_test))
 
 
 def _read(manifest: str | os.PathLike[str] | pd.DataFrame) -> pd.DataFrame:
@@ -83,92 +122,112 @@ def load_experiment_data(
     mapping: Mapping[str, str] | None = None,
     seed: int = 0,
     target_ratios: Sequence[float] = (0.6, 0.2, 0.2),
-    target_labelled_k: int | None = None,
-    all_target_labels: bool = False,
-    validation: ValidationSource = "target",
-    source_validation_ratio: float = 0.2,
+    target_labelled_k: int | str = 0,
+    validation: str = "source",
+    source_ratios: Sequence[float] = (0.8, 0.2, 0.0),
     compute_missing: bool = False,
+    source_mapping: Mapping[str, str] | None = None,
+    target_mapping: Mapping[str, str] | None = None,
 ) -> ExperimentData:
-    """Map labels, split speakers, load features from the store (see the module docstring).
+    """One cell from two manifests and a feature store (what ``emobridge train`` runs).
 
-    ``store`` is a folder or a :class:`~emobridge.features.store.FeatureStore`; ``extractor``
-    a spec or an extractor. Missing features raise
+    Labels: ``source_mapping`` / ``target_mapping`` rename each corpus's labels first, then
+    ``label_set`` with its global ``mapping`` applies. Rows: :func:`assemble_cell` with
+    ``target_labelled_k`` as its ``k`` (labelled target utterances or ``"all"``),
+    ``validation`` and the ratios.
+    ``store`` is a folder or a :class:`~emobridge.features.store.FeatureStore`;
+    ``extractor`` a spec or an extractor. Missing features raise
     :class:`~emobridge.errors.FeatureError` unless ``compute_missing``.
     """
     from emobridge.corpora.taxonomy import LabelSet
     from emobridge.features import FeatureStore, build_extractor
-    from emobridge.protocols import cross_corpus_split, few_shot_subset
+    from emobridge.protocols import assemble_cell
 
-    if validation not in ("target", "source", "none"):
-        raise ConfigError(f"validation must be 'target', 'source' or 'none', got "
-                          f"{validation!r}")
-    if target_labelled_k is not None and all_target_labels:
-        raise ConfigError("give either target_labelled_k (few-shot) or all_target_labels")
     labels = LabelSet.named(label_set, mapping)
-    src, src_report = labels.apply(_read(source_manifest))
-    tgt, tgt_report = labels.apply(_read(target_manifest))
-    split = cross_corpus_split(
-        src, tgt, target_ratios=target_ratios, seed=seed,
-        source_validation_ratio=source_validation_ratio if validation == "source" else 0.0)
-    if len(split.target_test) == 0:
-        raise ConfigError(f"target_ratios {tuple(target_ratios)} leave no target test speakers")
+    src, src_note = apply_corpus_mapping(_read(source_manifest), source_mapping)
+    tgt, tgt_note = apply_corpus_mapping(_read(target_manifest), target_mapping)
+    src, src_report = labels.apply(src)
+    tgt, tgt_report = labels.apply(tgt)
+    rows = assemble_cell(src, tgt, k=target_labelled_k, validation=validation, seed=seed,
+                         target_ratios=target_ratios, source_ratios=source_ratios)
     fstore = store if isinstance(store, FeatureStore) else FeatureStore(store)
     ext = extractor if hasattr(extractor, "extract") else build_extractor(extractor)
-    classes = labels.classes
-
-    def piece(frame: pd.DataFrame, labelled: bool = True) -> EmotionData | None:
-        if frame is None or not len(frame):
-            return None
-        feats = fstore.load(frame, ext, compute_missing=compute_missing)
-        return EmotionData.from_manifest(frame, feats, classes, labelled=labelled)
-
-    source = piece(split.source_train)
-    target_train = piece(split.target_train)
-    target_labelled = None
-    if all_target_labels:
-        target_labelled = target_train
-    elif target_labelled_k:
-        target_labelled = piece(few_shot_subset(split.target_train, target_labelled_k, seed))
-    if validation == "target":
-        val = piece(split.target_validation)
-    elif validation == "source":
-        val = piece(split.source_validation)
-    else:
-        val = None
-    test = piece(split.target_test)
-    assert source is not None and test is not None
-    return ExperimentData(
-        source=source,
-        target_unlabelled=target_train.without_labels() if target_train is not None else None,
-        target_labelled=target_labelled, validation=val, test=test, classes=classes,
-        split=split, label_reports={"source": src_report.summary(),
-                                    "target": tgt_report.summary()},
-        extractor_id=ext.id)
+    data = cell_data(rows, lambda f: fstore.load(f, ext, compute_missing=compute_missing),
+                     labels.classes)
+    data.label_reports = {"source": "; ".join(filter(None, [src_note, src_report.summary()])),
+                          "target": "; ".join(filter(None, [tgt_note, tgt_report.summary()]))}
+    data.extractor_id = ext.id
+    return data
 
 
-def run_experiment(method: AdaptationMethod, data: ExperimentData,
-                   bootstrap_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Fit ``method`` and evaluate it on ``data.test``.
+def apply_corpus_mapping(manifest: pd.DataFrame, mapping: Mapping[str, str | None] | None
+                         ) -> tuple[pd.DataFrame, str]:
+    """Rename one corpus's ``emotion`` values before the label set sees them (``calm`` is
+    neutral in one corpus and a class of its own in another). A ``None`` target drops those
+    rows. Returns the frame and a summary of what changed ("" when nothing)."""
+    if not mapping:
+        return manifest, ""
+    emotion = manifest["emotion"].astype(str)
+    counts = emotion[emotion.isin(list(mapping))].value_counts()
+    if counts.empty:
+        return manifest, ""
+    out = manifest.copy()
+    out["emotion"] = emotion.map(lambda e: mapping.get(e, e) if e in mapping else e)
+    out = out[out["emotion"].notna()]
+    parts = [f"{e} -> {mapping[e] if mapping[e] is not None else 'dropped'}: {n}"
+             for e, n in sorted(counts.items())]
+    return out, "corpus mapping " + ", ".join(parts)
 
-    Returns a JSON-ready dict: ``test`` (:func:`emobridge.metrics.evaluate`: UA, WA, macro-F1,
-    UA bootstrap CI, confusion, per class), ``validation`` (same without CI, when there is
-    validation data), ``history``, ``best_epoch``, ``predictions`` (a DataFrame: id, speaker,
-    true, predicted class, one probability column per class).
+
+def missing_classes(data: EmotionData, classes: Sequence[str], what: str) -> list[str]:
+    """Classes absent from ``data``'s labels, with an :class:`EmobridgeWarning` naming them
+    (UA then averages over the present classes only)."""
+    present = set(np.asarray(data.labels).tolist())
+    missing = [c for i, c in enumerate(classes) if i not in present]
+    if missing:
+        warnings.warn(f"{what} has no utterance of class(es) {', '.join(missing)}: UA is the "
+                      f"mean recall over the other {len(classes) - len(missing)}",
+                      EmobridgeWarning, stacklevel=2)
+    return missing
+
+
+def fit_and_evaluate(method: AdaptationMethod, data: ExperimentData,
+                     bootstrap_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Fit ``method`` on ``data`` and score it on the target test speakers.
+
+    Returns a JSON-ready dict (but for ``test_proba``): ``test`` (:func:`emobridge.metrics.
+    evaluate`: UA, WA, macro-F1, UA bootstrap CI, confusion, per class), ``source`` (same,
+    on held-out source test speakers, or ``None``), ``validation`` (without CI, or
+    ``None``), ``missing_classes`` (test classes without utterances), ``history``,
+    ``best_epoch``, ``test_proba`` and ``source_pred`` (arrays).
     """
     from emobridge.metrics import evaluate
 
     method.fit(data.source, data.target_unlabelled, data.target_labelled, data.validation)
-    proba = method.predict_proba(data.test)
+    ci = bootstrap_resamples > 0
+    n_boot = max(bootstrap_resamples, 1)
+    proba = np.asarray(method.predict_proba(data.test))
     out: dict[str, Any] = {
-        "test": evaluate(data.test.labels, proba, data.classes, ci=bootstrap_resamples > 0,
-                         n_resamples=max(bootstrap_resamples, 1), seed=seed),
+        "test": evaluate(data.test.labels, proba, data.classes, ci=ci, n_resamples=n_boot,
+                         seed=seed),
+        "missing_classes": missing_classes(data.test, data.classes, "the target test set"),
+        "source": None, "validation": None, "test_proba": proba, "source_pred": None,
     }
+    if data.source_test is not None:
+        out["source_pred"] = np.asarray(method.predict(data.source_test))
+        out["source"] = evaluate(data.source_test.labels, out["source_pred"], data.classes,
+                                 ci=ci, n_resamples=n_boot, seed=seed)
     if data.validation is not None:
         out["validation"] = evaluate(data.validation.labels, method.predict_proba(
             data.validation), data.classes, ci=False)
-    result = getattr(method, "train_result_", None)
-    out["history"] = list(getattr(method, "history_", []) or [])
-    out["best_epoch"] = getattr(result, "best_epoch", None)
+    out["history"] = list(getattr(method, "history_", None) or [])
+    out["best_epoch"] = getattr(getattr(method, "train_result_", None), "best_epoch", None)
+    return out
+
+
+def predictions_table(data: ExperimentData, proba: np.ndarray) -> pd.DataFrame:
+    """Per test utterance: id, speaker, true and predicted class, one ``p_<class>`` column
+    per class."""
     pred = proba.argmax(axis=1)
     table = pd.DataFrame({
         "id": data.test.ids, "speaker": data.test.speakers,
@@ -177,8 +236,7 @@ def run_experiment(method: AdaptationMethod, data: ExperimentData,
     })
     for j, c in enumerate(data.classes):
         table[f"p_{c}"] = proba[:, j].astype(np.float64)
-    out["predictions"] = table
-    return out
+    return table
 
 
 def environment() -> dict[str, str]:
