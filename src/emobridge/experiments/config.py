@@ -53,7 +53,7 @@ from emobridge.errors import ConfigError
 #: Readers the runner handles itself (besides the registered corpus readers).
 SPECIAL_READERS = ("synthetic", "manifest")
 #: Method parameters the runner sets (from ``seeds`` and ``device``); configs may not.
-RESERVED_METHOD_PARAMS = ("seed", "random_state", "device")
+RESERVED_METHOD_PARAMS = ("seed", "device")
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 

@@ -117,7 +117,7 @@ def _meta(run_dir: Path, cfg: ExperimentConfig, records: Sequence[CellRecord],
         ("time", f"this invocation {info.get('seconds', 0):.1f} s before the report "
                  f"(cells run now: {info.get('n_run', 0)}); cell compute over all finished "
                  f"cells {_compute_s(records):.1f} s"),
-        ("device / jobs", f"{cfg.device} / {info.get('jobs')}"),
+        ("device / jobs", f"{info.get('device', cfg.device)} / {info.get('jobs')}"),
         ("cells", f"{len(records)} ({n_ok} finished, {n_failed} failed, "
                   f"{info.get('n_skipped', 0)} reused from an earlier run)"),
         ("classes", ", ".join(classes)),

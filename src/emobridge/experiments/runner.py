@@ -347,8 +347,7 @@ def _build_cell_method(job: CellJob):
     method_cfg = job.config.method(job.key.method)
     params = dict(method_cfg.params)
     names = available_methods()[method_cfg.method].param_names()
-    for name, value in (("seed", job.key.seed), ("random_state", job.key.seed),
-                        ("device", job.device)):
+    for name, value in (("seed", job.key.seed), ("device", job.device)):
         if name in names:
             params[name] = value
     seed_everything(job.key.seed)

@@ -28,6 +28,9 @@ class AdaptationMethod(ABC):
 
     #: Registry name (``source_only``, ``nnpm``...).
     name: ClassVar[str]
+    #: ``True`` for methods that train on every labelled target utterance (the supervised
+    #: upper bound) rather than on the ``k`` few-shot ones; the cell pipeline reads it.
+    needs_target_labels: ClassVar[bool] = False
 
     @abstractmethod
     def fit(

@@ -76,10 +76,7 @@ class ExperimentData:
 def needs_target_labels(method_cls: type) -> bool:
     """Whether a method class trains on every labelled target utterance (an upper bound)
     rather than on ``k`` of them: its ``needs_target_labels`` class attribute."""
-    declared = getattr(method_cls, "needs_target_labels", None)
-    if declared is None:  # interim, until methods/base.py declares the attribute
-        return getattr(method_cls, "name", None) == "supervised"
-    return bool(declared)
+    return bool(getattr(method_cls, "needs_target_labels", False))
 
 
 def cell_data(rows: CellRows, features: FeatureLookup, classes: Sequence[str]) -> ExperimentData:

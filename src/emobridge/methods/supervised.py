@@ -26,6 +26,8 @@ class Supervised(NeuralMethod):
         Every :class:`~emobridge.methods.neural.NeuralMethod` parameter.
     """
 
+    needs_target_labels = True
+
     name = "supervised"
 
     def __init__(
