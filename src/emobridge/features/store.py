@@ -387,8 +387,11 @@ class FeatureStore:
                 return None
 
         if workers > 1 and len(paths) > 64:
-            with ThreadPoolExecutor(workers) as pool:
+            pool = ThreadPoolExecutor(workers)
+            try:
                 return list(pool.map(guarded, paths))
+            finally:  # on Ctrl-C, drop the queued files instead of hashing them all first
+                pool.shutdown(wait=True, cancel_futures=True)
         return [guarded(p) for p in paths]
 
     def _hash_cache(self) -> dict[str, tuple[int, int, str]]:
