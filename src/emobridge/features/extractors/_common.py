@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -44,3 +48,27 @@ def resolve_device(name: str, device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FeatureError(f"{name}: device {device!r} requested but CUDA is not available")
     return device
+
+
+@contextlib.contextmanager
+def defer_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends, then raise :class:`KeyboardInterrupt`.
+
+    For C libraries that call back into Python (openSMILE's ctypes callbacks): an interrupt
+    raised inside such a callback is swallowed by ctypes and leaves a NaN feature behind,
+    later reported as a fault of a good audio file. Here SIGINT only records itself while
+    the block runs; the interrupt is raised after it, replacing whatever the block raised.
+    Only the main thread can change signal handlers; elsewhere the block runs unchanged.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield  # not the main thread, or SIGINT ignored / default / handled outside Python
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
