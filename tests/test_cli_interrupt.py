@@ -49,7 +49,7 @@ def _interrupt_extraction(manifest: Path, store: Path, spec: str, after: int,
     with open(err_path, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "emobridge.cli", "features", "extract", str(manifest),
-             "-e", spec, "-o", str(store), "--batch-size", "1", *extra],
+             "-e", spec, "-o", str(store), "--batch-size", "1", "--progress", *extra],
             stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
