@@ -235,7 +235,7 @@ class FeatureStore:
             folder.mkdir(parents=True, exist_ok=True)
             if not (folder / _SPEC_FILE).exists():
                 write_json_atomic(folder / _SPEC_FILE, {
-                    "id": ext.id, **ext.spec(), "output": ext.output,
+                    "id": ext.id, **ext.spec(), "version": ext.version, "output": ext.output,
                     "sample_rate_hz": ext.sample_rate_hz, "format": FORMAT_VERSION,
                 })
 
@@ -288,7 +288,10 @@ class FeatureStore:
         out, missing = self._read(eid, keys, verify)
         if missing and compute_missing:
             if ext is None:
-                raise FeatureError(f"cannot build extractor {eid} to compute missing features")
+                raise FeatureError(
+                    f"cannot rebuild extractor {eid} to compute missing features (unknown "
+                    "name or parameters, or stored by another version of its code); pass "
+                    "the extractor spec instead of the id")
             todo = list(dict.fromkeys(paths[i] for i in missing))
             self.extract(todo, ext, workers=workers, batch_size=batch_size, progress=progress,
                          verify=False)
@@ -509,6 +512,8 @@ class FeatureStore:
                 ext = build_extractor({"name": spec["name"], "params": spec.get("params") or {}})
             except EmobridgeError:
                 ext = None  # reading needs only the id
+            if ext is not None and ext.id != extractor:
+                ext = None  # stored by another version of the extractor's code: read only
             return extractor, ext
         ext = build_extractor(extractor)
         return ext.id, ext
