@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import soxr
 
-from emobridge.errors import FeatureError
+from emobridge import runtime
+from emobridge.errors import ConfigError, FeatureError
 
 
 def as_mono_float32(wave: np.ndarray, sample_rate_hz: int, target_rate_hz: int,
@@ -40,14 +41,12 @@ def check_choice(name: str, param: str, value: Any, choices: tuple[Any, ...]) ->
 
 
 def resolve_device(name: str, device: str) -> str:
-    """Validate a torch device string; ``cuda`` without a GPU is a clear error."""
-    import torch
-
-    if not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda"):
-        raise FeatureError(f"{name}: device must be 'cpu' or 'cuda', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatureError(f"{name}: device {device!r} requested but CUDA is not available")
-    return device
+    """:func:`emobridge.runtime.resolve_device` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``),
+    its error prefixed with the extractor's name and raised as :class:`FeatureError`."""
+    try:
+        return runtime.resolve_device(device)
+    except ConfigError as exc:
+        raise FeatureError(f"{name}: {exc}") from None
 
 
 @contextlib.contextmanager
