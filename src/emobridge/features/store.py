@@ -648,7 +648,7 @@ class FeatureStore:
                                    f"for {len(waves)} waveforms")
             checked = [(item, _check_features(ext, item.path, f))
                        for (item, _), f in zip(waves, feats, strict=True)]
-        except Exception as exc:
+        except Exception as exc:  # any extractor failure; Ctrl-C (BaseException) passes on
             if not skip_errors:
                 if isinstance(exc, EmobridgeError):
                     raise
