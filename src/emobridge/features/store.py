@@ -284,7 +284,7 @@ class FeatureStore:
         eid, ext = self._resolve(extractor)
         paths, _ = _manifest_paths(manifest)
         keys = self._hash_paths(paths, workers, None)
-        self._save_hashes()
+        self._save_hashes(best_effort=True)  # reads work on read-only media
         out, missing = self._read(eid, keys, verify)
         if missing and compute_missing:
             if ext is None:
@@ -314,7 +314,7 @@ class FeatureStore:
         eid, _ = self._resolve(extractor)
         paths, _ = _manifest_paths(manifest)
         keys = self._hash_paths(paths, 1, None)
-        self._save_hashes()
+        self._save_hashes(best_effort=True)  # reads work on read-only media
         catalog = self._catalog(eid)
         return [p for p, k in zip(paths, keys, strict=True) if k not in catalog]
 
@@ -597,7 +597,10 @@ class FeatureStore:
         return [k for keys in bad.values() for k in keys]
 
     def _drop(self, eid: str, bad: dict[str, list[str]]) -> None:
-        """Remove corrupt entries from their shard indexes (atomic rewrite)."""
+        """Remove corrupt entries from their shard indexes (atomic rewrite).
+
+        On a store that cannot be written they stay indexed: they fail their CRC check
+        again and count as missing, as now."""
         for shard, keys in bad.items():
             index = self.root / eid / f"{shard}.json"
             if not index.exists():
@@ -607,7 +610,7 @@ class FeatureStore:
             keep = [i for i, k in enumerate(doc["hash"]) if k not in drop]
             for col in ("hash", "offset", "shape", "crc32"):
                 doc[col] = [doc[col][i] for i in keep]
-            with self._writing(index):
+            with contextlib.suppress(OSError):
                 write_text_atomic(index, json.dumps(doc, separators=(",", ":")))
 
     # -- writing / maintenance -----------------------------------------------------------
