@@ -177,3 +177,21 @@ def test_audio_rewritten_in_place_with_its_mtime_restored(tmp_path: Path) -> Non
     assert not np.allclose(before, after)
     fresh = FeatureStore(tmp_path / "fresh").load([path], SPEC, compute_missing=True)[0]
     np.testing.assert_array_equal(after, fresh)
+
+
+def test_hash_cache_of_an_older_store_is_not_trusted(tmp_path: Path) -> None:
+    """A cache written before ctime and inode were part of the key is ignored, not misread."""
+    import pandas as pd
+
+    path = write_tone(tmp_path / "a.wav", duration_s=0.3)
+    root = tmp_path / "store"
+    root.mkdir()
+    st = os.stat(path)
+    pd.DataFrame({"path": [str(path)], "size": [st.st_size], "mtime_ns": [st.st_mtime_ns],
+                  "hash": ["0" * 32]}).to_parquet(root / "hashes.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FeatureStore(root).extract([path], SPEC, progress=False)
+    cached = pd.read_parquet(root / "hashes.parquet")
+    assert list(cached["hash"]) != ["0" * 32]
+    assert {"ctime_ns", "ino"} <= set(cached.columns)
