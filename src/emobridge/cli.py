@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
+from collections.abc import Callable
 from typing import TextIO
 
 import typer
@@ -104,17 +105,18 @@ def _interrupted(detail: str = "") -> int:
     return EXIT_INTERRUPTED
 
 
-def _show_warning(message: warnings.WarningMessage | Warning | str, category: type[Warning],
-                  filename: str, lineno: int, file: TextIO | None = None,
-                  line: str | None = None) -> None:
-    """``warnings.showwarning`` for the CLI: an EmobridgeWarning is one ``warning:`` line."""
-    if issubclass(category, EmobridgeWarning):
-        typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
+def _warning_printer(fallback: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing an EmobridgeWarning as one ``warning:`` line and
+    anything else as ``fallback`` does."""
 
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        if issubclass(category, EmobridgeWarning):
+            typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+        else:
+            fallback(message, category, filename, lineno, file, line)
 
-_default_showwarning = warnings.showwarning
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     can cause ends in a traceback; a traceback means a bug.
     """
     with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
+        warnings.showwarning = _warning_printer(warnings.showwarning)
         warnings.simplefilter("default", EmobridgeWarning)  # each distinct one, once
         try:
             # In non-standalone mode typer returns the status of ``typer.Exit`` instead of
@@ -148,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted()
         except typer.Exit as exc:
             return int(exc.exit_code)
-        except SystemExit as exc:
-            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except SystemExit as exc:  # sys.exit() inside a command
+            if exc.code is None or isinstance(exc.code, int):
+                return exc.code or 0
+            _error(f"error: {exc.code}")
+            return 1
     if isinstance(status, int) and not isinstance(status, bool):
         return _interrupted() if status == EXIT_INTERRUPTED else status
     return 0
