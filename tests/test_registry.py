@@ -1,5 +1,6 @@
 """The class registry shared by readers, extractors and methods."""
 
+import numpy as np
 import pytest
 
 from emobridge.corpora import available_readers
@@ -23,3 +24,25 @@ def test_listings_import_the_built_ins() -> None:
     assert {"logmel", "opensmile", "whisper", "hf"} <= set(available_extractors())
     assert {"source_only", "supervised", "dann", "nnpm", "pseudo_label"} <= set(
         available_methods())
+
+
+def test_extractor_specs_parse_like_every_other_key_value_option() -> None:
+    from emobridge.errors import ConfigError
+    from emobridge.features.registry import parse_spec
+
+    assert parse_spec("whisper:layer=[4, 5],pooling= mean ,normalise=true") == (
+        "whisper", {"layer": [4, 5], "pooling": "mean", "normalise": True})
+    with pytest.raises(ConfigError, match="'n_mels' given twice"):
+        parse_spec("logmel:n_mels=16,n_mels=32")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_spec("logmel:n_mels")
+
+
+def test_extractor_devices_resolve_like_the_trainer() -> None:
+    from emobridge.errors import FeatureError
+    from emobridge.features.extractors.logmel import LogMel
+
+    wave = np.ones(1600, np.float32)
+    assert LogMel(device="auto", n_mels=16).extract(wave, 16_000).shape[1] == 16
+    with pytest.raises(FeatureError, match="logmel: device 'gpu': expected one of"):
+        LogMel(device="gpu").extract(wave, 16_000)

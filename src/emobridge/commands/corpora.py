@@ -21,6 +21,7 @@ from emobridge.corpora import (
 from emobridge.corpora.base import create_reader, reader_options
 from emobridge.errors import ConfigError, CorpusError
 from emobridge.fileio import atomic_path
+from emobridge.parsing import parse_pairs
 
 app = typer.Typer(help="Corpus readers and manifests.", no_args_is_help=True)
 console = Console()
@@ -32,16 +33,10 @@ def parse_options(items: list[str]) -> dict[str, object]:
     ``include_song=true`` gives ``True``, ``label_map={"wut":"anger"}`` a dict and
     ``language=de`` the string ``"de"``.
     """
-    options: dict[str, object] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ConfigError(f"-O {item!r}: expected KEY=VALUE with KEY a reader option name")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
+    options = parse_pairs(items, "-O")
+    for key in options:
+        if not key.isidentifier():
+            raise ConfigError(f"-O {key!r}: expected KEY=VALUE with KEY a reader option name")
     return options
 
 
@@ -138,12 +133,7 @@ def stats(
     if map_ and not label_set:
         raise ConfigError("--map needs --label-set")
     if label_set:
-        mapping = {}
-        for item in map_:
-            if "=" not in item:
-                raise CorpusError(f"--map {item!r}: expected FROM=TO")
-            k, v = item.split("=", 1)
-            mapping[k] = v
+        mapping = parse_pairs(map_, "--map", typed=False)
         df, report = LabelSet.named(label_set, mapping).apply(df)
         console.print(f"{label_set}: {report.summary()}", markup=False, soft_wrap=True)
     console.print(f"{len(df)} utterances, {df['speaker'].nunique()} speakers, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 
 import typer
@@ -35,6 +36,9 @@ def extract(
                                       help="cpu or cuda, for extractors that take a device."),
     skip_errors: bool = typer.Option(False, "--skip-errors",
                                      help="Count and list unusable files instead of failing."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress",
+        help="Show a progress bar (default: when stderr is a terminal)."),
 ) -> None:
     """Extract features of every manifest row into the store (cached rows are reused)."""
     from emobridge.features import FeatureStore, available_extractors, build_extractor, parse_spec
@@ -49,8 +53,10 @@ def extract(
                                f"only, got --device {device}")
     ext = build_extractor({"name": name, "params": params})
     store = FeatureStore(output)
+    if progress is None:
+        progress = sys.stderr.isatty()
     report = store.extract(manifest, ext, workers=workers, batch_size=batch_size,
-                           progress=True, skip_errors=skip_errors)
+                           progress=progress, skip_errors=skip_errors)
     console.print(report.summary(), soft_wrap=True)
     if report.failures:
         console.print(f"[yellow]{report.failed} files failed:[/]")

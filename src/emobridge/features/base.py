@@ -2,8 +2,14 @@
 
 An extractor turns a mono float32 waveform into either a frames x dims matrix
 (``output == "frames"``) or one vector (``output == "vector"``). Its :attr:`Extractor.id`
-is a stable string built from its name and every parameter that changes the output, so the
-feature store can key cached arrays by (audio hash, extractor id).
+is a stable string built from its name, every parameter that changes the output and its
+:attr:`Extractor.version`, so the feature store can key cached arrays by (audio hash,
+extractor id).
+
+Cache invalidation: when a change to an extractor's code changes its output (a bug fix, a new
+default inside the computation), bump the class's ``version``; its id changes, so features
+cached by the old code are no longer reused (``emobridge features prune --extractor OLD_ID``
+deletes them). Version 1 keeps the ids of releases before versions existed.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ class Extractor(ABC):
     name: ClassVar[str]
     #: Rate (Hz) the extractor expects; the store resamples audio to it.
     sample_rate_hz: int = 16_000
+    #: Version of the extractor's code; bump it when a change alters the output (part of
+    #: :attr:`id`, so stale cached features are not reused).
+    version: ClassVar[int] = 1
 
     @property
     @abstractmethod
@@ -53,8 +62,11 @@ class Extractor(ABC):
 
     @property
     def id(self) -> str:
-        """Stable identifier: name plus a digest of the parameters."""
-        blob = json.dumps(self.params(), sort_keys=True, default=str).encode()
+        """Stable identifier: name plus a digest of the parameters and :attr:`version`."""
+        params = self.params()
+        # Version 1 hashes the parameters alone: the ids from before versions stay valid.
+        keyed = params if self.version == 1 else {"params": params, "version": self.version}
+        blob = json.dumps(keyed, sort_keys=True, default=str).encode()
         return f"{self.name}-{hashlib.sha1(blob).hexdigest()[:12]}"
 
     def __repr__(self) -> str:

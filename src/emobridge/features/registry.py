@@ -7,11 +7,11 @@ so ``layer=-1``, ``layers=[4,5]`` and ``normalise=true`` work).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from emobridge.errors import FeatureError
 from emobridge.features.base import Extractor
+from emobridge.parsing import parse_pairs
 from emobridge.registry import Registry
 
 _EXTRACTORS: Registry[type[Extractor]] = Registry("extractor", "emobridge.features.extractors")
@@ -35,16 +35,7 @@ def parse_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
             raise FeatureError(f"extractor spec: unknown keys {sorted(extra)}")
         return str(spec["name"]), dict(spec.get("params") or {})
     name, _, rest = spec.partition(":")
-    params: dict[str, Any] = {}
-    for item in _split_top_level(rest):
-        if "=" not in item:
-            raise FeatureError(f"extractor spec {spec!r}: expected key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            params[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip()] = value
-    return name.strip(), params
+    return name.strip(), parse_pairs(_split_top_level(rest), f"extractor spec {spec!r}:")
 
 
 def _split_top_level(text: str) -> list[str]:

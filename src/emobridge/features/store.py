@@ -2,7 +2,7 @@
 
 Layout under ``root``::
 
-    hashes.parquet                  path, size, mtime_ns -> content hash (saves re-hashing)
+    hashes.parquet                  path, size, mtime, ctime, inode -> content hash
     <extractor id>/
         spec.json                   the extractor spec (rebuilds the extractor)
         shard-<time>-<rand>.f32     float32 arrays, concatenated, append-only
@@ -30,6 +30,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,20 +41,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from tqdm import tqdm
 
 from emobridge.audio import file_hash, load_audio
-from emobridge.errors import AudioError, EmobridgeError, FeatureError
+from emobridge.errors import (
+    AudioError,
+    EmobridgeError,
+    EmobridgeWarning,
+    FeatureError,
+    OutputError,
+)
 from emobridge.features.base import Extractor
-from emobridge.fileio import atomic_path, write_json_atomic, write_text_atomic
-
-try:  # advisory locks (POSIX); elsewhere the store simply runs unlocked
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from emobridge.fileio import atomic_path, file_lock, write_json_atomic, write_text_atomic
 
 FORMAT_VERSION = 1
 _HASHES_FILE = "hashes.parquet"
+#: What identifies a file's content without reading it. Size and mtime alone miss audio
+#: rewritten in place with its mtime restored; the change time (set by the kernel on every
+#: write or utime) and the inode (a file replaced by another) catch that.
+_HASH_KEY = ("size", "mtime_ns", "ctime_ns", "ino")
 _SPEC_FILE = "spec.json"
 #: Temporary / orphaned files younger than this are left alone by prune (a writer may own them).
 _STALE_S = 3600.0
@@ -119,6 +126,7 @@ class _Item:
     key: str
     path: str
     duration_s: float
+    n_samples: int = 0  # once decoded
 
 
 class FeatureStore:
@@ -147,7 +155,7 @@ class FeatureStore:
         self.flush_interval_s = float(flush_interval_s)
         self.shard_max_bytes = int(shard_max_bytes)
         self.shard_max_entries = max(1, int(shard_max_entries))
-        self._hashes: dict[str, tuple[int, int, str]] | None = None
+        self._hashes: dict[str, tuple[Any, ...]] | None = None
         self._hashes_dirty = False
 
     def __repr__(self) -> str:
@@ -179,22 +187,29 @@ class FeatureStore:
         ext = self._resolve(extractor)[1]
         if ext is None:
             raise FeatureError(f"cannot build the extractor {extractor!r} to compute features")
-        eid = ext.id
         if workers < 1 or batch_size < 1:
             raise FeatureError(f"workers and batch_size must be >= 1, got {workers}, "
                                f"{batch_size}")
         paths, durations = _manifest_paths(manifest)
-        report = ExtractReport(eid, n_rows=len(paths))
+        report = ExtractReport(ext.id, n_rows=len(paths))
         failures: dict[str, str] = {}
         keys = self._hash_paths(paths, workers, failures if skip_errors else None)
-        self._save_hashes(create=True)
-        folder = self._folder(eid)
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / _SPEC_FILE).exists():
-            write_json_atomic(folder / _SPEC_FILE, {
-                "id": eid, **ext.spec(), "output": ext.output,
-                "sample_rate_hz": ext.sample_rate_hz, "format": FORMAT_VERSION,
-            })
+        todo = self._plan(ext.id, paths, keys, durations, report, verify)
+        # A store on a read-only medium serves reads: write only when something is computed.
+        self._save_hashes(create=bool(todo), best_effort=not todo)
+        if todo:
+            self._write_spec(ext)
+            self._compute(ext, todo, report, failures, workers=workers, batch_size=batch_size,
+                          progress=progress, skip_errors=skip_errors)
+        report.failures = sorted(failures.items())
+        report.failed = len(report.failures)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _plan(self, eid: str, paths: list[str], keys: list[str | None], durations: list[float],
+              report: ExtractReport, verify: bool) -> list[_Item]:
+        """The distinct audio still to compute, longest first (an out-of-memory shows early);
+        counts duplicates, reused and corrupt entries into ``report``."""
         catalog = self._catalog(eid)
         first: dict[str, _Item] = {}  # content hash -> its first row
         for path, key, dur in zip(paths, keys, durations, strict=True):
@@ -211,34 +226,43 @@ class FeatureStore:
             report.corrupt = len(bad)
             items.update({k: first[k] for k in bad})
         report.reused = len(first) - len(items)
-        todo = sorted(items.values(), key=lambda it: -it.duration_s)  # long first: OOM early
+        return sorted(items.values(), key=lambda it: -it.duration_s)
+
+    def _write_spec(self, ext: Extractor) -> None:
+        """Create the extractor's folder and its spec.json (once)."""
+        folder = self._folder(ext.id)
+        with self._writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / _SPEC_FILE).exists():
+                write_json_atomic(folder / _SPEC_FILE, {
+                    "id": ext.id, **ext.spec(), "version": ext.version, "output": ext.output,
+                    "sample_rate_hz": ext.sample_rate_hz, "format": FORMAT_VERSION,
+                })
+
+    def _compute(self, ext: Extractor, todo: list[_Item], report: ExtractReport,
+                 failures: dict[str, str], *, workers: int, batch_size: int, progress: bool,
+                 skip_errors: bool) -> None:
+        """Decode ``todo`` ahead in threads, extract batch by batch, append to a new shard."""
         decoded = self._decode(todo, ext.sample_rate_hz, workers, batch_size)
-        with self._lock(eid, exclusive=False), _ShardWriter(self, eid) as writer, \
+        with self._lock(ext.id, exclusive=False), _ShardWriter(self, ext.id) as writer, \
                 contextlib.closing(decoded), \
-                tqdm(total=len(todo), desc=eid, unit="utt", disable=not progress,
+                tqdm(total=len(todo), desc=ext.id, unit="utt", disable=not progress,
                      leave=False) as bar:
             for batch in _batched(decoded, batch_size):
                 waves = []
                 for item, wave, error in batch:
                     if error is None:
+                        item.n_samples = wave.size
                         waves.append((item, wave))
                     elif skip_errors:
                         failures[item.path] = str(error)
-                        bar.update(1)
                     else:
                         raise error
-                if not waves:
-                    continue
-                n_samples = {id(item): wave.size for item, wave in waves}
-                for item, feats in self._run(ext, waves, failures, skip_errors):
+                for item, feats in self._run(ext, waves, failures, skip_errors) if waves else ():
                     writer.add(item.key, feats)
                     report.computed += 1
-                    report.audio_seconds += n_samples[id(item)] / ext.sample_rate_hz
-                bar.update(len(waves))
-        report.failures = sorted(failures.items())
-        report.failed = len(report.failures)
-        report.seconds = time.perf_counter() - start
-        return report
+                    report.audio_seconds += item.n_samples / ext.sample_rate_hz
+                bar.update(len(batch))
 
     def load(
         self,
@@ -260,11 +284,14 @@ class FeatureStore:
         eid, ext = self._resolve(extractor)
         paths, _ = _manifest_paths(manifest)
         keys = self._hash_paths(paths, workers, None)
-        self._save_hashes()
+        self._save_hashes(best_effort=True)  # reads work on read-only media
         out, missing = self._read(eid, keys, verify)
         if missing and compute_missing:
             if ext is None:
-                raise FeatureError(f"cannot build extractor {eid} to compute missing features")
+                raise FeatureError(
+                    f"cannot rebuild extractor {eid} to compute missing features (unknown "
+                    "name or parameters, or stored by another version of its code); pass "
+                    "the extractor spec instead of the id")
             todo = list(dict.fromkeys(paths[i] for i in missing))
             self.extract(todo, ext, workers=workers, batch_size=batch_size, progress=progress,
                          verify=False)
@@ -287,16 +314,24 @@ class FeatureStore:
         eid, _ = self._resolve(extractor)
         paths, _ = _manifest_paths(manifest)
         keys = self._hash_paths(paths, 1, None)
-        self._save_hashes()
+        self._save_hashes(best_effort=True)  # reads work on read-only media
         catalog = self._catalog(eid)
         return [p for p, k in zip(paths, keys, strict=True) if k not in catalog]
 
     def list(self) -> pd.DataFrame:
-        """One row per extractor id: ``extractor_id, name, spec, entries, shards, bytes``."""
+        """One row per extractor id: ``extractor_id, name, spec, entries, shards, bytes``.
+
+        A folder whose spec.json is damaged is left out with an :class:`EmobridgeWarning`
+        naming the file and the fault.
+        """
         rows = []
         if self.root.is_dir():
             for folder in sorted(p for p in self.root.iterdir() if (p / _SPEC_FILE).exists()):
-                spec = json.loads((folder / _SPEC_FILE).read_text())
+                try:
+                    spec = self.spec(folder.name)
+                except FeatureError as exc:
+                    warnings.warn(str(exc), EmobridgeWarning, stacklevel=2)
+                    continue
                 shards = sorted(folder.glob("shard-*.json"))
                 n_bytes = sum(f.stat().st_size for f in folder.glob("shard-*"))
                 rows.append({
@@ -310,11 +345,21 @@ class FeatureStore:
                                            "bytes"])
 
     def spec(self, extractor_id: str) -> dict[str, Any]:
-        """The spec stored for ``extractor_id`` (``{"name", "params", ...}``)."""
+        """The spec stored for ``extractor_id`` (``{"name", "params", ...}``); a missing or
+        damaged spec.json raises :class:`FeatureError` naming it."""
         path = self._folder(extractor_id) / _SPEC_FILE
         if not path.exists():
             raise FeatureError(f"extractor id {extractor_id!r} is not in the store {self.root}")
-        return json.loads(path.read_text())
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise FeatureError(f"{path}: unreadable extractor spec ({exc}); delete the folder "
+                               "or restore the file") from None
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
+                or not isinstance(spec.get("params", {}), dict):
+            raise FeatureError(f"{path}: not an extractor spec (expected a JSON object with "
+                               "'name' and 'params'); delete the folder or restore the file")
+        return spec
 
     def prune(self, extractor_id: str | None = None,
               keep_paths: ManifestLike | None = None) -> PruneReport:
@@ -337,7 +382,7 @@ class FeatureStore:
             ids = [extractor_id]
             if keep_paths is None:
                 folder = self._folder(extractor_id)
-                with self._lock(extractor_id, exclusive=True):
+                with self._lock(extractor_id, exclusive=True), self._writing(folder):
                     report.removed_entries += len(self._catalog(extractor_id))
                     report.freed_bytes += sum(f.stat().st_size for f in folder.rglob("*")
                                               if f.is_file())
@@ -351,7 +396,7 @@ class FeatureStore:
             self._save_hashes()
             keep = {k for k in keys if k is not None}
         for eid in ids:
-            with self._lock(eid, exclusive=True):
+            with self._lock(eid, exclusive=True), self._writing(self.root / eid):
                 removed, freed = self._compact(eid, keep)
             report.removed_entries += removed
             report.freed_bytes += freed
@@ -361,7 +406,8 @@ class FeatureStore:
 
     def _hash_paths(self, paths: list[str], workers: int,
                     failures: dict[str, str] | None) -> list[str | None]:
-        """Content hash per path (cached by size + mtime); errors raise unless collected."""
+        """Content hash per path (cached by file identity, see :func:`_stat_key`); errors
+        raise unless collected in ``failures``."""
         cache = self._hash_cache()
 
         def one(path: str) -> str:
@@ -369,11 +415,12 @@ class FeatureStore:
                 st = os.stat(path)
             except OSError as exc:
                 raise AudioError(f"{path}: cannot read audio file ({exc.strerror})") from None
+            stat = _stat_key(st)
             hit = cache.get(path)
-            if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-                return hit[2]
+            if hit is not None and hit[:-1] == stat:
+                return hit[-1]
             digest = file_hash(path)
-            cache[path] = (st.st_size, st.st_mtime_ns, digest)
+            cache[path] = (*stat, digest)
             self._hashes_dirty = True
             return digest
 
@@ -387,37 +434,64 @@ class FeatureStore:
                 return None
 
         if workers > 1 and len(paths) > 64:
-            with ThreadPoolExecutor(workers) as pool:
+            pool = ThreadPoolExecutor(workers)
+            try:
                 return list(pool.map(guarded, paths))
+            finally:  # on Ctrl-C, drop the queued files instead of hashing them all first
+                pool.shutdown(wait=True, cancel_futures=True)
         return [guarded(p) for p in paths]
 
-    def _hash_cache(self) -> dict[str, tuple[int, int, str]]:
+    def _hash_cache(self) -> dict[str, tuple[Any, ...]]:
+        """path -> (*:data:`_HASH_KEY`, content hash), read once from hashes.parquet."""
         if self._hashes is None:
             self._hashes = {}
             path = self.root / _HASHES_FILE
             if path.exists():
                 try:
                     df = pd.read_parquet(path)
-                    self._hashes = {
-                        p: (int(s), int(m), h) for p, s, m, h in
-                        zip(df["path"], df["size"], df["mtime_ns"], df["hash"], strict=True)}
-                except Exception:  # a damaged cache only costs re-hashing
-                    self._hashes = {}
+                except (OSError, ValueError, pa.ArrowException) as exc:
+                    warnings.warn(f"{path}: unreadable hash cache ({exc}); audio files are "
+                                  "hashed again", EmobridgeWarning, stacklevel=3)
+                    return self._hashes
+                if set(_HASH_KEY) <= set(df.columns):  # older stores lack some: re-hash
+                    columns = [df[c] for c in ("path", *_HASH_KEY, "hash")]
+                    self._hashes = {row[0]: (*map(int, row[1:-1]), row[-1])
+                                    for row in zip(*columns, strict=True)}
         return self._hashes
 
-    def _save_hashes(self, create: bool = False) -> None:
-        """Write the hash cache (only into an existing store unless ``create``)."""
+    def _save_hashes(self, create: bool = False, best_effort: bool = False) -> None:
+        """Write the hash cache (only into an existing store unless ``create``).
+
+        ``best_effort``: a store that cannot be written (read-only medium, no permission,
+        full disk) keeps its old cache; it only costs re-hashing next time.
+        """
         if not self._hashes_dirty or self._hashes is None:
             return
         if not create and not self.root.is_dir():
             return
-        self.root.mkdir(parents=True, exist_ok=True)
         df = pd.DataFrame(
-            [(p, s, m, h) for p, (s, m, h) in self._hashes.items()],
-            columns=["path", "size", "mtime_ns", "hash"])
-        with atomic_path(self.root / _HASHES_FILE) as tmp:
-            df.to_parquet(tmp, index=False)
+            [(p, *stat, h) for p, (*stat, h) in self._hashes.items()],
+            columns=["path", *_HASH_KEY, "hash"])
+        target = self.root / _HASHES_FILE
+        try:
+            with self._writing(target):
+                self.root.mkdir(parents=True, exist_ok=True)
+                with atomic_path(target) as tmp:
+                    df.to_parquet(tmp, index=False)
+        except OutputError:
+            if not best_effort:
+                raise
+            return
         self._hashes_dirty = False
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """Turn an operating-system fault while writing ``path`` into one clear line."""
+        try:
+            yield
+        except OSError as exc:
+            raise OutputError(f"feature store {self.root}: cannot write {path}: "
+                              f"{exc.strerror or exc}") from None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -435,9 +509,11 @@ class FeatureStore:
         if isinstance(extractor, str) and (self.root / extractor / _SPEC_FILE).is_file():
             spec = self.spec(extractor)
             try:
-                ext = build_extractor({"name": spec["name"], "params": spec["params"]})
+                ext = build_extractor({"name": spec["name"], "params": spec.get("params") or {}})
             except EmobridgeError:
                 ext = None  # reading needs only the id
+            if ext is not None and ext.id != extractor:
+                ext = None  # stored by another version of the extractor's code: read only
             return extractor, ext
         ext = build_extractor(extractor)
         return ext.id, ext
@@ -521,7 +597,10 @@ class FeatureStore:
         return [k for keys in bad.values() for k in keys]
 
     def _drop(self, eid: str, bad: dict[str, list[str]]) -> None:
-        """Remove corrupt entries from their shard indexes (atomic rewrite)."""
+        """Remove corrupt entries from their shard indexes (atomic rewrite).
+
+        On a store that cannot be written they stay indexed: they fail their CRC check
+        again and count as missing, as now."""
         for shard, keys in bad.items():
             index = self.root / eid / f"{shard}.json"
             if not index.exists():
@@ -531,7 +610,8 @@ class FeatureStore:
             keep = [i for i, k in enumerate(doc["hash"]) if k not in drop]
             for col in ("hash", "offset", "shape", "crc32"):
                 doc[col] = [doc[col][i] for i in keep]
-            write_text_atomic(index, json.dumps(doc, separators=(",", ":")))
+            with contextlib.suppress(OSError):
+                write_text_atomic(index, json.dumps(doc, separators=(",", ":")))
 
     # -- writing / maintenance -----------------------------------------------------------
 
@@ -571,7 +651,7 @@ class FeatureStore:
                                    f"for {len(waves)} waveforms")
             checked = [(item, _check_features(ext, item.path, f))
                        for (item, _), f in zip(waves, feats, strict=True)]
-        except Exception as exc:
+        except Exception as exc:  # any extractor failure; Ctrl-C (BaseException) passes on
             if not skip_errors:
                 if isinstance(exc, EmobridgeError):
                     raise
@@ -589,22 +669,17 @@ class FeatureStore:
 
     @contextlib.contextmanager
     def _lock(self, eid: str, exclusive: bool) -> Iterator[None]:
+        """Writers share the extractor's lock, prune holds it alone (never waits)."""
         folder = self.root / eid
-        if fcntl is None or not folder.is_dir():
+        if not folder.is_dir():
             yield
             return
-        with open(folder / ".lock", "a+") as fh:
-            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-            try:
-                fcntl.flock(fh, mode | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with file_lock(folder / ".lock", exclusive=exclusive) as held:
+            if not held:
                 what = "pruned" if exclusive else "written"
                 raise FeatureError(f"{folder} cannot be {what} now: another process is "
-                                   f"{'writing' if exclusive else 'pruning'} it") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                                   f"{'writing' if exclusive else 'pruning'} it")
+            yield
 
     def _compact(self, eid: str, keep: set[str] | None) -> tuple[int, int]:
         """Rewrite the shards of ``eid`` keeping verified entries in ``keep``; clean strays."""
@@ -671,8 +746,11 @@ class _ShardWriter:
     def __enter__(self) -> _ShardWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()  # also on errors and interrupts: keep what was computed
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # Also on errors and interrupts: keep what was computed; but after a failed write
+        # (full disk, read-only) a second try would only hide the first error.
+        if exc_type is None or not issubclass(exc_type, (OSError, OutputError)):
+            self.close()
 
     def add(self, key: str, arr: np.ndarray) -> None:
         self.pending.append((key, np.ascontiguousarray(arr, dtype=np.float32)))
@@ -697,36 +775,64 @@ class _ShardWriter:
         if (self.stem is None or self.data_bytes >= self.store.shard_max_bytes
                 or len(self.doc["hash"]) >= self.store.shard_max_entries):
             self._new_shard()
-        self.folder.mkdir(parents=True, exist_ok=True)
         data = self.folder / f"{self.stem}.f32"
-        with open(data, "ab") as fh:
-            pos = fh.seek(0, os.SEEK_END)  # after any bytes a crashed flush left behind
-            for key, arr in self.pending:
-                raw = arr.tobytes()
-                fh.write(raw)
-                self.doc["hash"].append(key)
-                self.doc["offset"].append(pos)
-                self.doc["shape"].append(list(arr.shape))
-                self.doc["crc32"].append(zlib.crc32(raw))
-                pos += len(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        self.data_bytes = pos
-        self.doc["data_bytes"] = pos
-        write_text_atomic(self.folder / f"{self.stem}.json",
-                          json.dumps(self.doc, separators=(",", ":")))
+        with self.store._writing(data):
+            self._append(data)
         self.pending = []
+
+    def _append(self, data: Path) -> None:
+        """Append the pending arrays to ``data``, fsync, then atomically rewrite the index.
+
+        The index (and ``self.doc``) gains the new entries only once their bytes are on
+        disk; bytes of a failed append (full disk) are cut off again where possible.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        added: dict[str, list[Any]] = {"hash": [], "offset": [], "shape": [], "crc32": []}
+        with open(data, "ab", buffering=0) as fh:  # unbuffered: a failure is seen at once
+            start = pos = fh.seek(0, os.SEEK_END)  # after any bytes a crashed flush left
+            try:
+                for key, arr in self.pending:
+                    raw = arr.tobytes()
+                    view = memoryview(raw)
+                    while view:
+                        view = view[fh.write(view):]
+                    for col, value in zip(added, (key, pos, list(arr.shape), zlib.crc32(raw)),
+                                          strict=True):
+                        added[col].append(value)
+                    pos += len(raw)
+                os.fsync(fh.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fh.fileno(), start)
+                raise
+        doc = {**self.doc, "data_bytes": pos,
+               **{col: self.doc[col] + values for col, values in added.items()}}
+        write_text_atomic(self.folder / f"{self.stem}.json", json.dumps(doc, separators=(",", ":")))
+        self.doc = doc
+        self.data_bytes = pos
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """The :data:`_HASH_KEY` fields of a stat result."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def _read_index(path: Path) -> dict[str, _Entry]:
+    """A shard index; a damaged one is reported and read as empty (its entries are then
+    missing, so they are recomputed; ``prune`` removes the file)."""
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
         stem = path.stem
         return {k: _Entry(stem, int(o), tuple(int(d) for d in s), int(c))
                 for k, o, s, c in zip(doc["hash"], doc["offset"], doc["shape"], doc["crc32"],
                                       strict=True)}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}  # unreadable index (cannot happen with atomic writes): entries recomputed
+    except FileNotFoundError:  # removed by a concurrent prune
+        return {}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
+        warnings.warn(f"{path}: damaged feature index ({reason}); its entries count as "
+                      "missing and are recomputed", EmobridgeWarning, stacklevel=2)
+        return {}
 
 
 def _check_features(ext: Extractor, path: str, feats: Any) -> np.ndarray:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import soxr
 
-from emobridge.errors import FeatureError
+from emobridge import runtime
+from emobridge.errors import ConfigError, FeatureError
 
 
 def as_mono_float32(wave: np.ndarray, sample_rate_hz: int, target_rate_hz: int,
@@ -36,11 +41,33 @@ def check_choice(name: str, param: str, value: Any, choices: tuple[Any, ...]) ->
 
 
 def resolve_device(name: str, device: str) -> str:
-    """Validate a torch device string; ``cuda`` without a GPU is a clear error."""
-    import torch
+    """:func:`emobridge.runtime.resolve_device` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``),
+    its error prefixed with the extractor's name and raised as :class:`FeatureError`."""
+    try:
+        return runtime.resolve_device(device)
+    except ConfigError as exc:
+        raise FeatureError(f"{name}: {exc}") from None
 
-    if not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda"):
-        raise FeatureError(f"{name}: device must be 'cpu' or 'cuda', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatureError(f"{name}: device {device!r} requested but CUDA is not available")
-    return device
+
+@contextlib.contextmanager
+def defer_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends, then raise :class:`KeyboardInterrupt`.
+
+    For C libraries that call back into Python (openSMILE's ctypes callbacks): an interrupt
+    raised inside such a callback is swallowed by ctypes and leaves a NaN feature behind,
+    later reported as a fault of a good audio file. Here SIGINT only records itself while
+    the block runs; the interrupt is raised after it, replacing whatever the block raised.
+    Only the main thread can change signal handlers; elsewhere the block runs unchanged.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield  # not the main thread, or SIGINT ignored / default / handled outside Python
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt

@@ -1,4 +1,4 @@
-"""Log-mel spectrograms (torch STFT + a numpy mel filterbank), with the papers' presets.
+"""Log-mel spectrograms (torch STFT + librosa's mel filterbank), with the papers' presets.
 
 Presets (every value can be overridden by a parameter of the same name):
 
@@ -123,25 +123,19 @@ _CHUNK = 32
 
 def hz_to_mel(freq_hz: np.ndarray | float, scale: Literal["htk", "slaney"] = "slaney"
               ) -> np.ndarray:
-    """Frequency (Hz) to mel with the HTK or the Slaney (Auditory Toolbox) formula."""
-    f = np.asarray(freq_hz, dtype=np.float64)
-    if scale == "htk":
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-    f_sp, min_log_hz = 200.0 / 3.0, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    return np.where(f >= min_log_hz,
-                    min_log_mel + np.log(np.maximum(f, 1e-12) / min_log_hz) / logstep,
-                    f / f_sp)
+    """Frequency (Hz) to mel with the HTK or the Slaney (Auditory Toolbox) formula
+    (``librosa.hz_to_mel``)."""
+    import librosa
+
+    return np.asarray(librosa.hz_to_mel(np.asarray(freq_hz, dtype=np.float64),
+                                        htk=scale == "htk"))
 
 
 def mel_to_hz(mel: np.ndarray | float, scale: Literal["htk", "slaney"] = "slaney") -> np.ndarray:
-    """Inverse of :func:`hz_to_mel`."""
-    m = np.asarray(mel, dtype=np.float64)
-    if scale == "htk":
-        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-    f_sp, min_log_hz = 200.0 / 3.0, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), m * f_sp)
+    """Inverse of :func:`hz_to_mel` (``librosa.mel_to_hz``)."""
+    import librosa
+
+    return np.asarray(librosa.mel_to_hz(np.asarray(mel, dtype=np.float64), htk=scale == "htk"))
 
 
 def mel_filterbank(
@@ -153,29 +147,23 @@ def mel_filterbank(
     scale: Literal["htk", "slaney"] = "slaney",
     norm: Literal["slaney"] | None = "slaney",
 ) -> np.ndarray:
-    """Triangular mel filterbank, ``(n_mels, n_fft // 2 + 1)`` float32.
+    """Triangular mel filterbank, ``(n_mels, n_fft // 2 + 1)`` float32 (``librosa.filters.mel``).
 
     Band ``i`` rises linearly from mel point ``i`` to ``i + 1`` and falls to ``i + 2`` (points
     equally spaced in mel between ``f_min_hz`` and ``f_max_hz``); weights are evaluated at the
     FFT bin centre frequencies. ``norm="slaney"`` divides each band by half its width in Hz
     (unit area); ``None`` keeps peak 1.
     """
+    import librosa
+
     f_max_hz = sample_rate_hz / 2.0 if f_max_hz is None else float(f_max_hz)
     if not 0.0 <= f_min_hz < f_max_hz <= sample_rate_hz / 2.0:
         raise FeatureError(f"mel filterbank: need 0 <= f_min_hz < f_max_hz <= "
                            f"{sample_rate_hz / 2:g}, got {f_min_hz}, {f_max_hz}")
-    fft_hz = np.linspace(0.0, sample_rate_hz / 2.0, n_fft // 2 + 1)
-    points_hz = mel_to_hz(np.linspace(hz_to_mel(f_min_hz, scale), hz_to_mel(f_max_hz, scale),
-                                      n_mels + 2), scale)
-    widths = np.diff(points_hz)
-    rising = (fft_hz[None, :] - points_hz[:-2, None]) / widths[:-1, None]
-    falling = (points_hz[2:, None] - fft_hz[None, :]) / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    if norm == "slaney":
-        weights *= (2.0 / (points_hz[2:] - points_hz[:-2]))[:, None]
-    elif norm is not None:
+    if norm not in ("slaney", None):
         raise FeatureError(f"mel filterbank: norm must be 'slaney' or None, got {norm!r}")
-    return weights.astype(np.float32)
+    return librosa.filters.mel(sr=sample_rate_hz, n_fft=n_fft, n_mels=n_mels, fmin=f_min_hz,
+                               fmax=f_max_hz, htk=scale == "htk", norm=norm, dtype=np.float32)
 
 
 @register_extractor

@@ -14,7 +14,11 @@ import numpy as np
 
 from emobridge.errors import FeatureError
 from emobridge.features.base import Extractor
-from emobridge.features.extractors._common import as_mono_float32, check_choice
+from emobridge.features.extractors._common import (
+    as_mono_float32,
+    check_choice,
+    defer_interrupts,
+)
 from emobridge.features.registry import register_extractor
 
 #: ``feature_level`` values and the ``opensmile.FeatureLevel`` member each names.
@@ -96,7 +100,9 @@ class OpenSmile(Extractor):
 
     def extract(self, wave: np.ndarray, sample_rate_hz: int) -> np.ndarray:
         wave = as_mono_float32(wave, sample_rate_hz, self.sample_rate_hz, "opensmile")
-        table = self.smile.process_signal(wave, self.sample_rate_hz).to_numpy(dtype=np.float32)
+        smile = self.smile
+        with defer_interrupts():  # Ctrl-C inside openSMILE's callbacks would leave NaN
+            table = smile.process_signal(wave, self.sample_rate_hz).to_numpy(dtype=np.float32)
         if self.feature_level == "functionals":
             if table.shape[0] != 1:
                 raise FeatureError(f"opensmile: expected one functionals row, got {table.shape}")

@@ -1,0 +1,122 @@
+"""How :func:`emobridge.cli.main` reports mistakes: one line and a status, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import typer
+
+from emobridge import cli
+from emobridge.cli import main
+from emobridge.errors import EmobridgeWarning, InterruptedRun
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real ``emobridge`` entry point in a fresh interpreter."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "emobridge.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["train", "--foo"], "No such option: --foo"),
+    (["train"], "Missing option '--source'"),
+    (["run", "--jobs", "0", "x.yaml"], "'--jobs'"),
+    (["nope"], "No such command 'nope'"),
+    (["features", "extract"], "Missing argument 'manifest'"),
+    (["features", "extract", "m.csv", "-e", "logmel", "-o", "s", "--workers", "abc"],
+     "'--workers'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], expected: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err
+    assert "\n" not in err and "Traceback" not in err
+    assert "--help" in err  # where to look next
+
+
+def test_usage_error_through_the_real_entry_point() -> None:
+    proc = _cli("train", "--foo")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "No such option: --foo" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "features" in capsys.readouterr().out
+    assert main(["features", "extract", "--help"]) == 0
+    assert "--skip-errors" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert "emobridge" in capsys.readouterr().out
+
+
+def test_group_without_command_shows_help_and_exits_2(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["features"]) == 2
+    captured = capsys.readouterr()
+    assert "extract" in captured.out + captured.err
+    assert "Traceback" not in captured.err
+
+
+def _failing_command(exc: BaseException) -> typer.Typer:
+    app = typer.Typer()
+
+    @app.command()
+    def boom() -> None:
+        raise exc
+
+    @app.command()
+    def other() -> None:  # two commands: typer then expects the command name
+        pass
+
+    return app
+
+
+@pytest.mark.parametrize(("exc", "status", "expected"), [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (InterruptedRun("3 of 8 cells done; rerun to continue"), 130,
+     "interrupted: 3 of 8 cells done"),
+    (OSError(30, "Read-only file system", "/data/out/run.json"), 1,
+     "error: /data/out/run.json: Read-only file system"),
+    (OSError(28, "No space left on device", "/data/store/shard.f32"), 1,
+     "error: /data/store/shard.f32: No space left on device"),
+    (PermissionError(13, "Permission denied", "/root/x"), 1,
+     "error: /root/x: Permission denied"),
+    (typer.Exit(3), 3, ""),
+])
+def test_interrupts_and_os_faults(exc: BaseException, status: int, expected: str,
+                                  monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "app", _failing_command(exc))
+    assert main(["boom"]) == status
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert err.count("\n") <= 1
+
+
+def test_emobridge_warning_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    app = typer.Typer()
+
+    @app.command()
+    def warn() -> None:
+        warnings.warn("corpus toy has one speaker", EmobridgeWarning, stacklevel=1)
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    monkeypatch.setattr(cli, "app", app)
+    before = warnings.showwarning
+    assert main(["warn"]) == 0
+    assert capsys.readouterr().err == "warning: corpus toy has one speaker\n"
+    assert warnings.showwarning is before  # restored for library users
