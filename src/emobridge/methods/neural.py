@@ -68,9 +68,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -83,11 +84,18 @@ from emobridge.methods.data import UNLABELLED, EmotionData
 from emobridge.methods.normalise import FeatureNormaliser, Normalise
 from emobridge.methods.phases import FitData, Phase
 from emobridge.models import EmotionClassifier, build_backbone, resolve_backbone
+from emobridge.models.domain_losses import check_domain_loss, domain_discrepancy
+from emobridge.models.layers import masked_mean
 from emobridge.runtime import seed_everything
 from emobridge.training import Batch, EpochContext, TrainConfig, Trainer, TrainingTask
 
-__all__ = ["CrossEntropyTask", "FeatureNormaliser", "FitData", "NeuralMethod", "Normalise",
-           "Phase"]
+__all__ = ["CrossEntropyTask", "DomainLoss", "DomainLossTask", "FeatureNormaliser", "FitData",
+           "NeuralMethod", "Normalise", "Phase"]
+
+DomainLoss = Literal["none", "mmd", "coral"]
+
+#: Stream names the domain term adds to an aligned phase.
+DOMAIN_STREAMS = ("domain_source", "domain_target")
 
 
 def _describe(data: EmotionData | None = None, is_sequence: bool = False, dim: int = 0) -> str:
@@ -109,6 +117,50 @@ class CrossEntropyTask(TrainingTask):
         return self.method.cross_entropy_step(batches)
 
 
+class DomainLossTask(TrainingTask):
+    """``task``'s loss plus the method's domain term between the ``domain_source`` and
+    ``domain_target`` batches (see "Domain loss" in :class:`NeuralMethod`). Every other hook
+    is ``task``'s."""
+
+    def __init__(self, method: NeuralMethod, task: TrainingTask) -> None:
+        self.method = method
+        self.task = task
+
+    def training_step(self, batches: dict[str, Batch], ctx: EpochContext
+                      ) -> dict[str, torch.Tensor]:
+        own = {k: b for k, b in batches.items() if k not in DOMAIN_STREAMS}
+        losses = dict(self.task.training_step(own, ctx))
+        term = self.method.domain_term(batches["domain_source"], batches["domain_target"])
+        losses["loss"] = losses["loss"] + float(self.method.domain_loss_weight) * term
+        losses[f"{self.method.domain_loss}_loss"] = term.detach()
+        return losses
+
+    def configure_optimizer(self, model: nn.Module, config: TrainConfig) -> Any:
+        return self.task.configure_optimizer(model, config)
+
+    def on_fit_start(self, ctx: EpochContext) -> None:
+        self.task.on_fit_start(ctx)
+
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        self.task.on_epoch_start(ctx)
+
+    def on_epoch_end(self, ctx: EpochContext) -> Mapping[str, float] | None:
+        return self.task.on_epoch_end(ctx)
+
+    def predict_logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.task.predict_logits(model, batch)
+
+    def validate(self, model: nn.Module, data: EmotionData, ctx: EpochContext
+                 ) -> dict[str, float]:
+        return self.task.validate(model, data, ctx)
+
+    def training_state(self) -> dict[str, Any]:
+        return self.task.training_state()
+
+    def load_training_state(self, state: Mapping[str, Any]) -> None:
+        self.task.load_training_state(state)
+
+
 class NeuralMethod(AdaptationMethod, TrainingTask):
     """Torch method base: standardise, build a backbone, train with the shared loop.
 
@@ -128,9 +180,44 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
     class_weight:
         ``None`` or ``"balanced"`` (cross-entropy weights inversely proportional to the class
         frequencies of the labelled training data; helps UA on imbalanced corpora).
+    domain_loss:
+        ``"none"`` (default), ``"mmd"`` or ``"coral"``: a distribution-matching term between a
+        source batch and a target batch (:mod:`emobridge.models.domain_losses`) added to the
+        method's own loss, weighted by ``domain_loss_weight``. Needs target training data
+        (``target_unlabelled`` and/or ``target_labelled``; the term never reads their
+        labels). See "Domain loss" below.
+    domain_loss_weight:
+        Its weight (the ``lambda`` of ``CE + lambda * MMD``).
+    domain_loss_layer:
+        Where the features are compared: ``"embedding"`` (default; the backbone's output,
+        what the classifier reads), ``"first_fc"`` (the output of the backbone's first
+        ``nn.Linear``, before its activation: the "first FC layer" of Baklouti et al. on
+        ``vgg``) or the dotted name of any backbone sub-module (``"classifier.1"`` on
+        ``vgg``: after the first FC's ReLU).
+    domain_loss_params:
+        Options of the loss: for ``"mmd"`` the keywords of
+        :func:`~emobridge.models.domain_losses.mmd` (``estimator``: ``"biased"`` (default,
+        the paper's eq. 2), ``"unbiased"``, ``"linear"``; ``kernel``: ``"gaussian"`` or
+        ``"multi"``; ``bandwidth``: ``None`` = median heuristic; ``kernel_num``,
+        ``kernel_mul``); ``"coral"`` takes none.
     epochs, batch_size, lr, weight_decay, lr_decay_gamma, lr_decay_every_epochs, patience,
     crop_frames, max_grad_norm, device, seed, checkpoint_dir, log_csv, progress, resume:
         Passed to :class:`~emobridge.training.TrainConfig`.
+
+    Domain loss
+    -----------
+    With ``domain_loss`` set, every phase that :meth:`aligns_phase` accepts (default: the
+    phases trained by the method's own ``training_step``, not supervised pre-training with
+    :class:`CrossEntropyTask`) gets two more streams, ``domain_source`` (the source) and
+    ``domain_target`` (every target training row, labels hidden), and each step adds
+    ``domain_loss_weight * D(f(source batch), f(target batch))`` to the method's loss, ``f``
+    the features at ``domain_loss_layer``; the step's record gets ``<domain_loss>_loss``
+    (``mmd_loss``, ``coral_loss``). The term runs its own forward pass of the two batches
+    (one more pass per step than the method alone), so it combines with any method's loss
+    unchanged (``source_only``, ``supervised``, ``dann``, ``nnpm``, ``pseudo_label``) and any
+    backbone. Layer outputs of shape ``(batch, frames, d)`` are averaged over the frames
+    (real frames when the layer keeps the input's length), other shapes flattened per row.
+    With ``domain_loss="none"`` nothing changes (same streams, same random draws).
 
     Attributes (after ``fit``)
     --------------------------
@@ -157,6 +244,10 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         backbone_params: Mapping[str, Any] | None = None,
         normalise: Normalise = "global",
         class_weight: str | None = None,
+        domain_loss: DomainLoss = "none",
+        domain_loss_weight: float = 1.0,
+        domain_loss_layer: str = "embedding",
+        domain_loss_params: Mapping[str, Any] | None = None,
         epochs: int = 50,
         batch_size: int = 32,
         lr: float = 1e-3,
@@ -238,6 +329,87 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
     def finish_fit(self, data: FitData) -> None:
         """After the last phase. Default: nothing."""
 
+    def aligns_phase(self, phase: Phase) -> bool:
+        """Whether ``domain_loss`` applies to ``phase`` (asked only when it is not
+        ``"none"``). Default: phases not trained by a :class:`CrossEntropyTask` (supervised
+        pre-training stays plain). A method whose own step computes the term returns
+        ``False``."""
+        return not isinstance(phase.task, CrossEntropyTask)
+
+    # -- domain loss ---------------------------------------------------------------------
+    def domain_layer(self) -> nn.Module:
+        """The backbone module whose output ``domain_loss_layer`` names."""
+        backbone = self.model_.backbone
+        name = self.domain_loss_layer
+        if name == "embedding":
+            return backbone
+        if name == "first_fc":
+            for module in backbone.modules():
+                if isinstance(module, nn.Linear):
+                    return module
+            raise ConfigError(f"domain_loss_layer='first_fc': backbone {self.backbone_!r} "
+                              "has no linear layer")
+        try:
+            return backbone.get_submodule(name)
+        except AttributeError:
+            names = [n for n, _ in backbone.named_modules() if n]
+            raise ConfigError(f"domain_loss_layer={name!r}: no such module in backbone "
+                              f"{self.backbone_!r}; use 'embedding', 'first_fc' or one of "
+                              f"{names[:30]}") from None
+
+    @contextmanager
+    def capture_layer(self) -> Iterator[list[torch.Tensor]]:
+        """Inside the block, every output of :meth:`domain_layer` is appended to the
+        yielded list (so one forward pass gives both the logits and the features)."""
+        outputs: list[torch.Tensor] = []
+        handle = self.domain_layer().register_forward_hook(
+            lambda _module, _inputs, output: outputs.append(output))
+        try:
+            yield outputs
+        finally:
+            handle.remove()
+
+    @staticmethod
+    def layer_rows(output: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """A layer's output as one row per utterance: ``(batch, frames, d)`` averaged over
+        the frames (the real ones when the layer keeps the input's length), other shapes
+        flattened."""
+        if output.dim() == 3:
+            same = batch.mask is not None and output.shape[1] == batch.mask.shape[1]
+            return masked_mean(output, batch.mask if same else None)
+        return output.reshape(output.shape[0], -1)
+
+    def domain_features(self, batch: Batch) -> torch.Tensor:
+        """Features of ``batch`` at ``domain_loss_layer``, one row per utterance."""
+        with self.capture_layer() as outputs:
+            self.model_.embed(batch.x, batch.mask)
+        return self.layer_rows(outputs[0], batch)
+
+    def domain_term(self, source: Batch, target: Batch) -> torch.Tensor:
+        """The unweighted ``domain_loss`` between a source and a target batch."""
+        return domain_discrepancy(self.domain_loss, self.domain_features(source),
+                                  self.domain_features(target), self.domain_loss_params)
+
+    def _check_domain_loss(self) -> None:
+        check_domain_loss(self.domain_loss, self.domain_loss_params)
+        if not float(self.domain_loss_weight) >= 0:
+            raise ConfigError(f"{self.name}: domain_loss_weight must be >= 0, got "
+                              f"{self.domain_loss_weight!r}")
+
+    def _with_domain_loss(self, phase: Phase, data: FitData) -> Phase:
+        """``phase`` with the domain streams and :class:`DomainLossTask` when aligned."""
+        if self.domain_loss == "none" or not self.aligns_phase(phase):
+            return phase
+        clash = sorted(set(DOMAIN_STREAMS) & set(phase.streams))
+        if clash:
+            raise EmobridgeError(f"{self.name}: phase {phase.name!r} already has streams "
+                                 f"{clash}")
+        assert data.target is not None  # checked in fit
+        streams = {**phase.streams, "domain_source": data.source,
+                   "domain_target": data.target.without_labels()}
+        return replace(phase, streams=streams, task=DomainLossTask(self, phase.task or self),
+                       primary=phase.primary or next(iter(phase.streams)))
+
     # -- TrainingTask defaults -----------------------------------------------------------
     def training_step(
         self, batches: dict[str, Batch], ctx: EpochContext
@@ -277,8 +449,13 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         """Train; the fixed sequence of hooks is in the module docstring."""
         self.check_param_types()
         self.check_params()
+        self._check_domain_loss()
         data = self.select_data(self._inputs(source, target_unlabelled, target_labelled,
                                              validation))
+        if self.domain_loss != "none" and data.target is None:
+            raise ConfigError(f"{self.name}: domain_loss={self.domain_loss!r} needs target "
+                              "training data to align with (target_unlabelled or "
+                              "target_labelled)")
         self.classes_ = tuple(data.source.classes)
         self.input_dim_ = data.source.dim
         self.is_sequence_ = data.source.is_sequence
@@ -286,6 +463,8 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         self.trainer_ = None
         seed_everything(self.seed)  # model initialisation depends on the seed only
         self.model_ = self.build_model()
+        if self.domain_loss != "none":
+            self.domain_layer()  # a bad layer name fails before any training
         self.normaliser_ = self.fit_normaliser(data)
         data = data.map(self.normaliser_.transform)
         self.class_weights_ = None
@@ -295,7 +474,7 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         for index, phase in enumerate(self.phases(data)):
             if index == 0 and self.class_weights_ is None:
                 self.class_weights_ = self._class_weights(phase.streams)
-            self._run_phase(phase)
+            self._run_phase(self._with_domain_loss(phase, data))
         self.finish_fit(data)
         self.model_.eval()
         return self
