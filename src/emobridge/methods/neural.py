@@ -172,9 +172,11 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
     backbone:
         ``"auto"`` (from the features: vectors -> ``mlp``; frames of <= 256 dims, e.g. log-mel
         -> ``snsa``; wider frames, e.g. encoder features -> ``attention``), ``"snsa"``,
-        ``"attention"`` or ``"mlp"``.
+        ``"attention"``, ``"mlp"`` or ``"vgg"`` (log-mel frames as images,
+        :class:`~emobridge.models.vgg.VGG`).
     backbone_params:
-        Keyword arguments of the backbone class (``SNSA``, ``AttentionHead``, ``MLPHead``).
+        Keyword arguments of the backbone class (``SNSA``, ``AttentionHead``, ``MLPHead``,
+        ``VGG``).
     normalise:
         Input standardisation, see :class:`FeatureNormaliser`.
     class_weight:
@@ -304,7 +306,8 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
     def build_backbone(self) -> nn.Module:
         """The backbone named by ``backbone_`` with ``backbone_params``."""
         return build_backbone(self.backbone_, self.input_dim_, self.is_sequence_,
-                              self.backbone_params)
+                              self.backbone_params,
+                              pretrained=not getattr(self, "restoring_", False))
 
     def normalisation_sets(self, data: FitData) -> list[EmotionData]:
         """Data the standardisation statistics are fitted on. Default: every training
@@ -617,7 +620,11 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         method.history_ = meta.get("history", [])
         method.class_weights_ = None
         trainer = method._trainer()
-        method.model_ = method.build_model()
+        method.restoring_ = True  # no pretrained-weights file read: the saved weights follow
+        try:
+            method.model_ = method.build_model()
+        finally:
+            del method.restoring_
         _load_weights(method.model_, directory / meta["weights"])
         method.model_.to(trainer.device).eval()
         return method
