@@ -32,13 +32,17 @@ Which target labels each mode reads:
 Differences from the paper: it splits each corpus randomly 80 / 20; emobridge's experiments
 are speaker-independent. The paper leaves ``lambda`` and the kernel bandwidth open
 (``domain_loss_weight=1`` and the median heuristic here). Validation data (held-out source
-speakers, never target labels) early-stops either phase only when ``patience`` is set.
+speakers, never target labels) early-stops phase 1 when ``patience`` is set; in phase 2 it is
+only logged (``val_ua``; the MMD term is meant to trade source fit for alignment), unless
+``adapt_early_stopping=True`` applies ``patience`` and restores the best epoch there too.
 
 Parameters
 ----------
 source_epochs, source_lr:
     Phase 1 length (0: none, e.g. to adapt from scratch) and Adam learning rate (paper:
     400, 1e-4).
+adapt_early_stopping:
+    Apply ``patience`` / best-epoch restoration in phase 2 as well.
 epochs, lr:
     Phase 2 length and learning rate (paper: 50, 1e-4).
 domain_loss, domain_loss_weight, domain_loss_layer, domain_loss_params:
@@ -87,6 +91,7 @@ class MMD(NeuralMethod):
         *,
         source_epochs: int = 400,
         source_lr: float = 1e-4,
+        adapt_early_stopping: bool = False,
         domain_loss: DomainLoss = "mmd",
         domain_loss_weight: float = 1.0,
         domain_loss_layer: str = "first_fc",
@@ -136,7 +141,9 @@ class MMD(NeuralMethod):
         if data.target is not None:  # labelled target rows keep their labels (k-shot)
             streams["target"] = data.target
         yield Phase("adapt", streams, validation=data.validation,
-                    config=self.phase_paths("adapt"))
+                    config={"patience": self.patience if self.adapt_early_stopping else None,
+                            "restore_best": self.adapt_early_stopping,
+                            **self.phase_paths("adapt")})
 
     def training_step(self, batches: dict[str, Batch], ctx: EpochContext
                       ) -> dict[str, torch.Tensor]:
