@@ -114,3 +114,31 @@ def test_domain_loss_errors_are_config_errors():
     with pytest.raises(ConfigError, match="domain_loss_weight"):
         build_method("source_only", domain_loss="mmd", domain_loss_weight=-1.0,
                      **small).fit(source, target)
+
+
+@pytest.mark.parametrize("name,extra_passes", [("source_only", 1), ("dann", 0),
+                                               ("supervised", 2)])
+def test_the_term_reuses_the_methods_own_forward_passes(name, extra_passes, monkeypatch):
+    """source_only: its source batch is reused, the target needs a pass of its own; dann has
+    both; supervised's pooled stream is neither, so both sides get their own pass."""
+    from emobridge.models.heads import MLPHead
+
+    source, target = _data(False)
+    few = target.subset(np.arange(8))
+    calls = []
+    original = MLPHead.forward
+
+    def counted(self, x, mask=None):
+        calls.append(len(x))
+        return original(self, x, mask)
+
+    monkeypatch.setattr(MLPHead, "forward", counted)
+    counts = {}
+    for loss in ("none", "mmd"):
+        calls.clear()
+        build_method(name, domain_loss=loss, epochs=1, batch_size=16, device="cpu",
+                     backbone_params={"hidden_dims": [8]}).fit(source, target.without_labels(),
+                                                               few)
+        counts[loss] = len(calls)
+    steps = -(-(len(source) + (len(few) if name == "supervised" else 0)) // 16)
+    assert counts["mmd"] - counts["none"] == extra_passes * steps

@@ -159,8 +159,8 @@ class MMD(NeuralMethod):
             ce = ce + self.supervised_loss(tgt, logits_t) * tgt.labelled.float().mean()
         losses = {"ce": ce.detach()}
         if self.domain_loss != "none":
-            term = domain_discrepancy(self.domain_loss, self.layer_rows(outputs[0], src),
-                                      self.layer_rows(outputs[1], tgt),
+            term = domain_discrepancy(self.domain_loss, self.batch_features(src, outputs),
+                                      self.batch_features(tgt, outputs),
                                       self.domain_loss_params)
             losses[f"{self.domain_loss}_loss"] = term.detach()
             ce = ce + float(self.domain_loss_weight) * term

@@ -94,8 +94,9 @@ __all__ = ["CrossEntropyTask", "DomainLoss", "DomainLossTask", "FeatureNormalise
 
 DomainLoss = Literal["none", "mmd", "coral"]
 
-#: Stream names the domain term adds to an aligned phase.
-DOMAIN_STREAMS = ("domain_source", "domain_target")
+#: The stream the domain term adds to an aligned phase that lacks the side's own stream.
+DOMAIN_SIDES = {"source": "domain_source", "target": "domain_target"}
+DOMAIN_STREAMS = tuple(DOMAIN_SIDES.values())
 
 
 def _describe(data: EmotionData | None = None, is_sequence: bool = False, dim: int = 0) -> str:
@@ -118,9 +119,8 @@ class CrossEntropyTask(TrainingTask):
 
 
 class DomainLossTask(TrainingTask):
-    """``task``'s loss plus the method's domain term between the ``domain_source`` and
-    ``domain_target`` batches (see "Domain loss" in :class:`NeuralMethod`). Every other hook
-    is ``task``'s."""
+    """``task``'s loss plus the method's domain term between a source and a target batch
+    (see "Domain loss" in :class:`NeuralMethod`). Every other hook is ``task``'s."""
 
     def __init__(self, method: NeuralMethod, task: TrainingTask) -> None:
         self.method = method
@@ -129,8 +129,13 @@ class DomainLossTask(TrainingTask):
     def training_step(self, batches: dict[str, Batch], ctx: EpochContext
                       ) -> dict[str, torch.Tensor]:
         own = {k: b for k, b in batches.items() if k not in DOMAIN_STREAMS}
-        losses = dict(self.task.training_step(own, ctx))
-        term = self.method.domain_term(batches["domain_source"], batches["domain_target"])
+        with self.method.capture_layer() as seen:
+            losses = dict(self.task.training_step(own, ctx))
+        # the phase's own source / target batch when it has one, else the added stream's
+        sides = [self.method.batch_features(own[name] if name in own else batches[extra],
+                                            seen) for name, extra in DOMAIN_SIDES.items()]
+        term = domain_discrepancy(self.method.domain_loss, *sides,
+                                  self.method.domain_loss_params)
         losses["loss"] = losses["loss"] + float(self.method.domain_loss_weight) * term
         losses[f"{self.method.domain_loss}_loss"] = term.detach()
         return losses
@@ -208,18 +213,23 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
 
     Domain loss
     -----------
-    With ``domain_loss`` set, every phase that :meth:`aligns_phase` accepts (default: the
-    phases trained by the method's own ``training_step``, not supervised pre-training with
-    :class:`CrossEntropyTask`) gets two more streams, ``domain_source`` (the source) and
-    ``domain_target`` (every target training row, labels hidden), and each step adds
+    With ``domain_loss`` set, each step of every phase that :meth:`aligns_phase` accepts
+    (default: the phases trained by the method's own ``training_step``, not supervised
+    pre-training with :class:`CrossEntropyTask`) adds
     ``domain_loss_weight * D(f(source batch), f(target batch))`` to the method's loss, ``f``
     the features at ``domain_loss_layer``; the step's record gets ``<domain_loss>_loss``
-    (``mmd_loss``, ``coral_loss``). The term runs its own forward pass of the two batches
-    (one more pass per step than the method alone), so it combines with any method's loss
-    unchanged (``source_only``, ``supervised``, ``dann``, ``nnpm``, ``pseudo_label``) and any
-    backbone. Layer outputs of shape ``(batch, frames, d)`` are averaged over the frames
-    (real frames when the layer keeps the input's length), other shapes flattened per row.
-    With ``domain_loss="none"`` nothing changes (same streams, same random draws).
+    (``mmd_loss``, ``coral_loss``). The source batch is that of the phase's ``"source"``
+    stream and the target batch that of its ``"target"`` stream (``source_only``: source;
+    ``dann``, ``nnpm``: both), their features taken from the method's own forward pass
+    (no extra pass); a side the phase has no stream for (``source_only``'s target;
+    ``supervised`` and ``pseudo_label`` train on one pooled stream) gets an added stream,
+    ``domain_source`` (the source) or ``domain_target`` (every target training row, labels
+    hidden), and a forward pass of its own, as does a batch the method's step did not pass
+    through the backbone as is (e.g. after mixup). So the term combines with any method's
+    loss unchanged and with any backbone. Layer outputs of shape ``(batch, frames, d)`` are
+    averaged over the frames (real frames when the layer keeps the input's length), other
+    shapes flattened per row. With ``domain_loss="none"`` nothing changes (same streams,
+    same random draws).
 
     Attributes (after ``fit``)
     --------------------------
@@ -361,16 +371,32 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
                               f"{names[:30]}") from None
 
     @contextmanager
-    def capture_layer(self) -> Iterator[list[torch.Tensor]]:
-        """Inside the block, every output of :meth:`domain_layer` is appended to the
-        yielded list (so one forward pass gives both the logits and the features)."""
-        outputs: list[torch.Tensor] = []
-        handle = self.domain_layer().register_forward_hook(
-            lambda _module, _inputs, output: outputs.append(output))
+    def capture_layer(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Inside the block, every output of :meth:`domain_layer` is appended to the yielded
+        list as ``(backbone input, output)`` (so one forward pass gives both the logits and
+        the features, and :meth:`batch_features` finds a batch's features by its input)."""
+        current: list[Any] = [None]
+        seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        handles = [
+            self.model_.backbone.register_forward_pre_hook(
+                lambda _module, inputs: current.__setitem__(0, inputs[0] if inputs else None)),
+            self.domain_layer().register_forward_hook(
+                lambda _module, _inputs, output: seen.append((current[0], output)))]
         try:
-            yield outputs
+            yield seen
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
+
+    def batch_features(self, batch: Batch, seen: list[tuple[torch.Tensor, torch.Tensor]]
+                       ) -> torch.Tensor:
+        """``batch``'s features at ``domain_loss_layer``: from a training forward pass of
+        ``batch.x`` captured by :meth:`capture_layer` (with gradient) when there was one,
+        else from a forward pass of its own."""
+        for x, output in seen:
+            if x is batch.x and output.requires_grad:
+                return self.layer_rows(output, batch)
+        return self.domain_features(batch)
 
     @staticmethod
     def layer_rows(output: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -383,15 +409,11 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         return output.reshape(output.shape[0], -1)
 
     def domain_features(self, batch: Batch) -> torch.Tensor:
-        """Features of ``batch`` at ``domain_loss_layer``, one row per utterance."""
-        with self.capture_layer() as outputs:
+        """Features of ``batch`` at ``domain_loss_layer`` from a forward pass of its own,
+        one row per utterance."""
+        with self.capture_layer() as seen:
             self.model_.embed(batch.x, batch.mask)
-        return self.layer_rows(outputs[0], batch)
-
-    def domain_term(self, source: Batch, target: Batch) -> torch.Tensor:
-        """The unweighted ``domain_loss`` between a source and a target batch."""
-        return domain_discrepancy(self.domain_loss, self.domain_features(source),
-                                  self.domain_features(target), self.domain_loss_params)
+        return self.layer_rows(seen[0][1], batch)
 
     def _check_domain_loss(self) -> None:
         check_domain_loss(self.domain_loss, self.domain_loss_params)
@@ -408,8 +430,9 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
             raise EmobridgeError(f"{self.name}: phase {phase.name!r} already has streams "
                                  f"{clash}")
         assert data.target is not None  # checked in fit
-        streams = {**phase.streams, "domain_source": data.source,
-                   "domain_target": data.target.without_labels()}
+        sides = {"source": data.source, "target": data.target.without_labels()}
+        streams = {**phase.streams, **{DOMAIN_SIDES[side]: d for side, d in sides.items()
+                                       if side not in phase.streams}}
         return replace(phase, streams=streams, task=DomainLossTask(self, phase.task or self),
                        primary=phase.primary or next(iter(phase.streams)))
 
