@@ -26,8 +26,12 @@ Resumable: every finished run is appended to ``--json`` (atomically); a rerun wi
 settings skips them (a run with other settings starts afresh). Writes the ``mmd`` section of
 ``benchmarks/RESULTS.md`` (between ``<!-- mmd:start -->`` and ``<!-- mmd:end -->``).
 
-Full run (2 CPU cores; reduced VGG: depth 11, 64 x 64 images, width 0.25, FC 256, 2 x 2
-pooling; epochs cut, see the options)::
+Full run (2 CPU cores; reduced VGG: depth 11, 48 x 48 images, width 0.25, FC 256, 1 x 1
+pooling; epochs cut, see the options). The defaults aim at about 30 minutes with the feature
+cache filled (estimated from step timings of the reduced VGG on a loaded machine, not from a
+full run; Whisper-base extraction adds about 5 minutes to an empty cache); the table's
+seconds per epoch say what a run took. Interrupted or over budget: rerun the same command
+(finished runs are kept), or lower ``--seeds`` / the epochs::
 
     .venv/bin/python benchmarks/bench_mmd.py ../shared/corpora
 
@@ -91,21 +95,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None,
                    help="utterances per corpus (class-stratified; smoke tests)")
     p.add_argument("--vgg-depth", type=int, default=11, choices=[11, 13, 16, 19])
-    p.add_argument("--vgg-image-size", type=int, default=64)
+    p.add_argument("--vgg-image-size", type=int, default=48)
     p.add_argument("--vgg-width", type=float, default=0.25)
     p.add_argument("--vgg-fc-dim", type=int, default=256)
-    p.add_argument("--vgg-pool-size", type=int, default=2)
+    p.add_argument("--vgg-pool-size", type=int, default=1)
     p.add_argument("--vgg-weights", type=str, default=None,
                    help="torchvision ImageNet state dict of the same depth (needs width 1)")
-    p.add_argument("--vgg-source-epochs", type=int, default=12,
+    p.add_argument("--vgg-source-epochs", type=int, default=8,
                    help="VGG phase 1 / TL epochs (paper: 400; early-stopped)")
-    p.add_argument("--vgg-adapt-epochs", type=int, default=8,
+    p.add_argument("--vgg-adapt-epochs", type=int, default=6,
                    help="mmd phase 2 epochs (paper: 50)")
-    p.add_argument("--snsa-epochs", type=int, default=20)
+    p.add_argument("--snsa-epochs", type=int, default=15)
     p.add_argument("--mlp-epochs", type=int, default=60)
     p.add_argument("--dann-epochs", type=int, default=None,
                    help="DANN epochs (default: those of its backbone)")
-    p.add_argument("--patience", type=int, default=4,
+    p.add_argument("--patience", type=int, default=3,
                    help="early stopping on source validation UA (supervised phases)")
     p.add_argument("--crop-frames", type=int, default=200,
                    help="random training crop of log-mel utterances for SNSA (frames)")
