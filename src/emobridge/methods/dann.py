@@ -19,7 +19,7 @@ from torch import nn
 from emobridge.errors import EmobridgeError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import NeuralMethod, Normalise
+from emobridge.methods.neural import DomainLoss, NeuralMethod, Normalise
 from emobridge.methods.phases import FitData
 from emobridge.models.layers import GradientReversal, dann_lambda
 from emobridge.training import Batch, EpochContext
@@ -59,6 +59,10 @@ class DANN(NeuralMethod):
         backbone_params: Mapping[str, Any] | None = None,
         normalise: Normalise = "global",
         class_weight: str | None = None,
+        domain_loss: DomainLoss = "none",
+        domain_loss_weight: float = 1.0,
+        domain_loss_layer: str = "embedding",
+        domain_loss_params: Mapping[str, Any] | None = None,
         epochs: int = 50,
         batch_size: int = 32,
         lr: float = 1e-3,

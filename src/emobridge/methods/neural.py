@@ -68,9 +68,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -83,11 +84,19 @@ from emobridge.methods.data import UNLABELLED, EmotionData
 from emobridge.methods.normalise import FeatureNormaliser, Normalise
 from emobridge.methods.phases import FitData, Phase
 from emobridge.models import EmotionClassifier, build_backbone, resolve_backbone
+from emobridge.models.domain_losses import check_domain_loss, domain_discrepancy
+from emobridge.models.layers import masked_mean
 from emobridge.runtime import seed_everything
 from emobridge.training import Batch, EpochContext, TrainConfig, Trainer, TrainingTask
 
-__all__ = ["CrossEntropyTask", "FeatureNormaliser", "FitData", "NeuralMethod", "Normalise",
-           "Phase"]
+__all__ = ["CrossEntropyTask", "DomainLoss", "DomainLossTask", "FeatureNormaliser", "FitData",
+           "NeuralMethod", "Normalise", "Phase"]
+
+DomainLoss = Literal["none", "mmd", "coral"]
+
+#: The stream the domain term adds to an aligned phase that lacks the side's own stream.
+DOMAIN_SIDES = {"source": "domain_source", "target": "domain_target"}
+DOMAIN_STREAMS = tuple(DOMAIN_SIDES.values())
 
 
 def _describe(data: EmotionData | None = None, is_sequence: bool = False, dim: int = 0) -> str:
@@ -109,6 +118,54 @@ class CrossEntropyTask(TrainingTask):
         return self.method.cross_entropy_step(batches)
 
 
+class DomainLossTask(TrainingTask):
+    """``task``'s loss plus the method's domain term between a source and a target batch
+    (see "Domain loss" in :class:`NeuralMethod`). Every other hook is ``task``'s."""
+
+    def __init__(self, method: NeuralMethod, task: TrainingTask) -> None:
+        self.method = method
+        self.task = task
+
+    def training_step(self, batches: dict[str, Batch], ctx: EpochContext
+                      ) -> dict[str, torch.Tensor]:
+        own = {k: b for k, b in batches.items() if k not in DOMAIN_STREAMS}
+        with self.method.capture_layer() as seen:
+            losses = dict(self.task.training_step(own, ctx))
+        # the phase's own source / target batch when it has one, else the added stream's
+        sides = [self.method.batch_features(own[name] if name in own else batches[extra],
+                                            seen) for name, extra in DOMAIN_SIDES.items()]
+        term = domain_discrepancy(self.method.domain_loss, *sides,
+                                  self.method.domain_loss_params)
+        losses["loss"] = losses["loss"] + float(self.method.domain_loss_weight) * term
+        losses[f"{self.method.domain_loss}_loss"] = term.detach()
+        return losses
+
+    def configure_optimizer(self, model: nn.Module, config: TrainConfig) -> Any:
+        return self.task.configure_optimizer(model, config)
+
+    def on_fit_start(self, ctx: EpochContext) -> None:
+        self.task.on_fit_start(ctx)
+
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        self.task.on_epoch_start(ctx)
+
+    def on_epoch_end(self, ctx: EpochContext) -> Mapping[str, float] | None:
+        return self.task.on_epoch_end(ctx)
+
+    def predict_logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.task.predict_logits(model, batch)
+
+    def validate(self, model: nn.Module, data: EmotionData, ctx: EpochContext
+                 ) -> dict[str, float]:
+        return self.task.validate(model, data, ctx)
+
+    def training_state(self) -> dict[str, Any]:
+        return self.task.training_state()
+
+    def load_training_state(self, state: Mapping[str, Any]) -> None:
+        self.task.load_training_state(state)
+
+
 class NeuralMethod(AdaptationMethod, TrainingTask):
     """Torch method base: standardise, build a backbone, train with the shared loop.
 
@@ -120,17 +177,59 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
     backbone:
         ``"auto"`` (from the features: vectors -> ``mlp``; frames of <= 256 dims, e.g. log-mel
         -> ``snsa``; wider frames, e.g. encoder features -> ``attention``), ``"snsa"``,
-        ``"attention"`` or ``"mlp"``.
+        ``"attention"``, ``"mlp"`` or ``"vgg"`` (log-mel frames as images,
+        :class:`~emobridge.models.vgg.VGG`).
     backbone_params:
-        Keyword arguments of the backbone class (``SNSA``, ``AttentionHead``, ``MLPHead``).
+        Keyword arguments of the backbone class (``SNSA``, ``AttentionHead``, ``MLPHead``,
+        ``VGG``).
     normalise:
         Input standardisation, see :class:`FeatureNormaliser`.
     class_weight:
         ``None`` or ``"balanced"`` (cross-entropy weights inversely proportional to the class
         frequencies of the labelled training data; helps UA on imbalanced corpora).
+    domain_loss:
+        ``"none"`` (default), ``"mmd"`` or ``"coral"``: a distribution-matching term between a
+        source batch and a target batch (:mod:`emobridge.models.domain_losses`) added to the
+        method's own loss, weighted by ``domain_loss_weight``. Needs target training data
+        (``target_unlabelled`` and/or ``target_labelled``; the term never reads their
+        labels). See "Domain loss" below.
+    domain_loss_weight:
+        Its weight (the ``lambda`` of ``CE + lambda * MMD``).
+    domain_loss_layer:
+        Where the features are compared: ``"embedding"`` (default; the backbone's output,
+        what the classifier reads), ``"first_fc"`` (the output of the backbone's first
+        ``nn.Linear``, before its activation: the "first FC layer" of Baklouti et al. on
+        ``vgg``) or the dotted name of any backbone sub-module (``"classifier.1"`` on
+        ``vgg``: after the first FC's ReLU).
+    domain_loss_params:
+        Options of the loss: for ``"mmd"`` the keywords of
+        :func:`~emobridge.models.domain_losses.mmd` (``estimator``: ``"biased"`` (default,
+        the paper's eq. 2), ``"unbiased"``, ``"linear"``; ``kernel``: ``"gaussian"`` or
+        ``"multi"``; ``bandwidth``: ``None`` = median heuristic; ``kernel_num``,
+        ``kernel_mul``); ``"coral"`` takes none.
     epochs, batch_size, lr, weight_decay, lr_decay_gamma, lr_decay_every_epochs, patience,
     crop_frames, max_grad_norm, device, seed, checkpoint_dir, log_csv, progress, resume:
         Passed to :class:`~emobridge.training.TrainConfig`.
+
+    Domain loss
+    -----------
+    With ``domain_loss`` set, each step of every phase that :meth:`aligns_phase` accepts
+    (default: the phases trained by the method's own ``training_step``, not supervised
+    pre-training with :class:`CrossEntropyTask`) adds
+    ``domain_loss_weight * D(f(source batch), f(target batch))`` to the method's loss, ``f``
+    the features at ``domain_loss_layer``; the step's record gets ``<domain_loss>_loss``
+    (``mmd_loss``, ``coral_loss``). The source batch is that of the phase's ``"source"``
+    stream and the target batch that of its ``"target"`` stream (``source_only``: source;
+    ``dann``, ``nnpm``: both), their features taken from the method's own forward pass
+    (no extra pass); a side the phase has no stream for (``source_only``'s target;
+    ``supervised`` and ``pseudo_label`` train on one pooled stream) gets an added stream,
+    ``domain_source`` (the source) or ``domain_target`` (every target training row, labels
+    hidden), and a forward pass of its own, as does a batch the method's step did not pass
+    through the backbone as is (e.g. after mixup). So the term combines with any method's
+    loss unchanged and with any backbone. Layer outputs of shape ``(batch, frames, d)`` are
+    averaged over the frames (real frames when the layer keeps the input's length), other
+    shapes flattened per row. With ``domain_loss="none"`` nothing changes (same streams,
+    same random draws).
 
     Attributes (after ``fit``)
     --------------------------
@@ -157,6 +256,10 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         backbone_params: Mapping[str, Any] | None = None,
         normalise: Normalise = "global",
         class_weight: str | None = None,
+        domain_loss: DomainLoss = "none",
+        domain_loss_weight: float = 1.0,
+        domain_loss_layer: str = "embedding",
+        domain_loss_params: Mapping[str, Any] | None = None,
         epochs: int = 50,
         batch_size: int = 32,
         lr: float = 1e-3,
@@ -213,7 +316,8 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
     def build_backbone(self) -> nn.Module:
         """The backbone named by ``backbone_`` with ``backbone_params``."""
         return build_backbone(self.backbone_, self.input_dim_, self.is_sequence_,
-                              self.backbone_params)
+                              self.backbone_params,
+                              pretrained=not getattr(self, "restoring_", False))
 
     def normalisation_sets(self, data: FitData) -> list[EmotionData]:
         """Data the standardisation statistics are fitted on. Default: every training
@@ -237,6 +341,100 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
 
     def finish_fit(self, data: FitData) -> None:
         """After the last phase. Default: nothing."""
+
+    def aligns_phase(self, phase: Phase) -> bool:
+        """Whether ``domain_loss`` applies to ``phase`` (asked only when it is not
+        ``"none"``). Default: phases not trained by a :class:`CrossEntropyTask` (supervised
+        pre-training stays plain). A method whose own step computes the term returns
+        ``False``."""
+        return not isinstance(phase.task, CrossEntropyTask)
+
+    # -- domain loss ---------------------------------------------------------------------
+    def domain_layer(self) -> nn.Module:
+        """The backbone module whose output ``domain_loss_layer`` names."""
+        backbone = self.model_.backbone
+        name = self.domain_loss_layer
+        if name == "embedding":
+            return backbone
+        if name == "first_fc":
+            for module in backbone.modules():
+                if isinstance(module, nn.Linear):
+                    return module
+            raise ConfigError(f"domain_loss_layer='first_fc': backbone {self.backbone_!r} "
+                              "has no linear layer")
+        try:
+            return backbone.get_submodule(name)
+        except AttributeError:
+            names = [n for n, _ in backbone.named_modules() if n]
+            raise ConfigError(f"domain_loss_layer={name!r}: no such module in backbone "
+                              f"{self.backbone_!r}; use 'embedding', 'first_fc' or one of "
+                              f"{names[:30]}") from None
+
+    @contextmanager
+    def capture_layer(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Inside the block, every output of :meth:`domain_layer` is appended to the yielded
+        list as ``(backbone input, output)`` (so one forward pass gives both the logits and
+        the features, and :meth:`batch_features` finds a batch's features by its input)."""
+        current: list[Any] = [None]
+        seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        handles = [
+            self.model_.backbone.register_forward_pre_hook(
+                lambda _module, inputs: current.__setitem__(0, inputs[0] if inputs else None)),
+            self.domain_layer().register_forward_hook(
+                lambda _module, _inputs, output: seen.append((current[0], output)))]
+        try:
+            yield seen
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def batch_features(self, batch: Batch, seen: list[tuple[torch.Tensor, torch.Tensor]]
+                       ) -> torch.Tensor:
+        """``batch``'s features at ``domain_loss_layer``: from a training forward pass of
+        ``batch.x`` captured by :meth:`capture_layer` (with gradient) when there was one,
+        else from a forward pass of its own."""
+        for x, output in seen:
+            if x is batch.x and output.requires_grad:
+                return self.layer_rows(output, batch)
+        return self.domain_features(batch)
+
+    @staticmethod
+    def layer_rows(output: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """A layer's output as one row per utterance: ``(batch, frames, d)`` averaged over
+        the frames (the real ones when the layer keeps the input's length), other shapes
+        flattened."""
+        if output.dim() == 3:
+            same = batch.mask is not None and output.shape[1] == batch.mask.shape[1]
+            return masked_mean(output, batch.mask if same else None)
+        return output.reshape(output.shape[0], -1)
+
+    def domain_features(self, batch: Batch) -> torch.Tensor:
+        """Features of ``batch`` at ``domain_loss_layer`` from a forward pass of its own,
+        one row per utterance."""
+        with self.capture_layer() as seen:
+            self.model_.embed(batch.x, batch.mask)
+        return self.layer_rows(seen[0][1], batch)
+
+    def _check_domain_loss(self) -> None:
+        check_domain_loss(self.domain_loss, self.domain_loss_params)
+        if not float(self.domain_loss_weight) >= 0:
+            raise ConfigError(f"{self.name}: domain_loss_weight must be >= 0, got "
+                              f"{self.domain_loss_weight!r}")
+
+    def _with_domain_loss(self, phase: Phase, data: FitData) -> Phase:
+        """``phase`` with the domain streams and :class:`DomainLossTask` when aligned."""
+        if self.domain_loss == "none" or not self.aligns_phase(phase):
+            return phase
+        clash = sorted(set(DOMAIN_STREAMS) & set(phase.streams))
+        if clash:
+            raise EmobridgeError(f"{self.name}: phase {phase.name!r} already has streams "
+                                 f"{clash}")
+        assert data.target is not None  # checked in fit
+        sides = {"source": data.source, "target": data.target.without_labels()}
+        streams = {**phase.streams, **{DOMAIN_SIDES[side]: d for side, d in sides.items()
+                                       if side not in phase.streams}}
+        return replace(phase, streams=streams, task=DomainLossTask(self, phase.task or self),
+                       primary=phase.primary or next(iter(phase.streams)))
 
     # -- TrainingTask defaults -----------------------------------------------------------
     def training_step(
@@ -277,8 +475,13 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         """Train; the fixed sequence of hooks is in the module docstring."""
         self.check_param_types()
         self.check_params()
+        self._check_domain_loss()
         data = self.select_data(self._inputs(source, target_unlabelled, target_labelled,
                                              validation))
+        if self.domain_loss != "none" and data.target is None:
+            raise ConfigError(f"{self.name}: domain_loss={self.domain_loss!r} needs target "
+                              "training data to align with (target_unlabelled or "
+                              "target_labelled)")
         self.classes_ = tuple(data.source.classes)
         self.input_dim_ = data.source.dim
         self.is_sequence_ = data.source.is_sequence
@@ -286,6 +489,8 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         self.trainer_ = None
         seed_everything(self.seed)  # model initialisation depends on the seed only
         self.model_ = self.build_model()
+        if self.domain_loss != "none":
+            self.domain_layer()  # a bad layer name fails before any training
         self.normaliser_ = self.fit_normaliser(data)
         data = data.map(self.normaliser_.transform)
         self.class_weights_ = None
@@ -295,7 +500,7 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         for index, phase in enumerate(self.phases(data)):
             if index == 0 and self.class_weights_ is None:
                 self.class_weights_ = self._class_weights(phase.streams)
-            self._run_phase(phase)
+            self._run_phase(self._with_domain_loss(phase, data))
         self.finish_fit(data)
         self.model_.eval()
         return self
@@ -438,7 +643,11 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         method.history_ = meta.get("history", [])
         method.class_weights_ = None
         trainer = method._trainer()
-        method.model_ = method.build_model()
+        method.restoring_ = True  # no pretrained-weights file read: the saved weights follow
+        try:
+            method.model_ = method.build_model()
+        finally:
+            del method.restoring_
         _load_weights(method.model_, directory / meta["weights"])
         method.model_.to(trainer.device).eval()
         return method

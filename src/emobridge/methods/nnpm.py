@@ -130,6 +130,7 @@ from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
 from emobridge.methods.neural import (
     CrossEntropyTask,
+    DomainLoss,
     FeatureNormaliser,
     NeuralMethod,
     Normalise,
@@ -184,6 +185,10 @@ class NNPM(NeuralMethod):
         backbone_params: Mapping[str, Any] | None = None,
         normalise: Normalise = "global",
         class_weight: str | None = None,
+        domain_loss: DomainLoss = "none",
+        domain_loss_weight: float = 1.0,
+        domain_loss_layer: str = "embedding",
+        domain_loss_params: Mapping[str, Any] | None = None,
         epochs: int = 50,
         batch_size: int = 32,
         lr: float = 1e-4,

@@ -22,7 +22,7 @@ from emobridge.errors import ConfigError, EmobridgeError
 from emobridge.methods import pseudo_label_ops as ops
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import NeuralMethod, Normalise
+from emobridge.methods.neural import DomainLoss, NeuralMethod, Normalise
 from emobridge.methods.phases import FitData
 from emobridge.training import Batch, EpochContext, TrainConfig, classification_metrics
 
@@ -165,6 +165,10 @@ class PseudoLabel(NeuralMethod):
         backbone_params: Mapping[str, Any] | None = None,
         normalise: Normalise = "global",
         class_weight: str | None = None,
+        domain_loss: DomainLoss = "none",
+        domain_loss_weight: float = 1.0,
+        domain_loss_layer: str = "embedding",
+        domain_loss_params: Mapping[str, Any] | None = None,
         epochs: int = 100,
         batch_size: int = 100,
         lr: float = 1e-3,

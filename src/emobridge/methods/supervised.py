@@ -10,7 +10,7 @@ from typing import Any
 from emobridge.errors import EmobridgeError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import NeuralMethod, Normalise
+from emobridge.methods.neural import DomainLoss, NeuralMethod, Normalise
 from emobridge.methods.phases import FitData
 
 
@@ -39,6 +39,10 @@ class Supervised(NeuralMethod):
         backbone_params: Mapping[str, Any] | None = None,
         normalise: Normalise = "global",
         class_weight: str | None = None,
+        domain_loss: DomainLoss = "none",
+        domain_loss_weight: float = 1.0,
+        domain_loss_layer: str = "embedding",
+        domain_loss_params: Mapping[str, Any] | None = None,
         epochs: int = 50,
         batch_size: int = 32,
         lr: float = 1e-3,

@@ -1,4 +1,4 @@
-"""Backbones and heads (SNSA, pooled / attention heads) and layers (masks, GRL).
+"""Backbones and heads (SNSA, VGG, pooled / attention heads) and layers (masks, GRL).
 
 :func:`build_backbone` picks one from the shape of the features.
 """
@@ -22,6 +22,7 @@ from emobridge.models.layers import (
     masked_softmax,
 )
 from emobridge.models.snsa import SNSA
+from emobridge.models.vgg import VGG
 
 #: Frames with at most this many dims look like a spectrogram (log-mel, LLDs): ``auto`` picks
 #: SNSA for them and the attention head for wider (encoder) frames.
@@ -31,6 +32,7 @@ BACKBONES: dict[str, type[nn.Module]] = {
     "snsa": SNSA,
     "attention": AttentionHead,
     "mlp": MLPHead,
+    "vgg": VGG,
 }
 
 
@@ -43,22 +45,30 @@ def resolve_backbone(kind: str, input_dim: int, is_sequence: bool) -> str:
         return "snsa" if input_dim <= SPECTROGRAM_MAX_DIMS else "attention"
     if kind not in BACKBONES:
         raise ConfigError(f"unknown backbone {kind!r}; known: auto, {', '.join(BACKBONES)}")
-    if kind == "snsa" and not is_sequence:
-        raise ConfigError("backbone 'snsa' needs frame sequences, the features are vectors")
+    if kind in ("snsa", "vgg") and not is_sequence:
+        raise ConfigError(f"backbone {kind!r} needs frame sequences, the features are vectors")
     return kind
 
 
 def build_backbone(kind: str, input_dim: int, is_sequence: bool = True,
-                   params: Mapping[str, Any] | None = None) -> nn.Module:
-    """Instantiate a backbone (see :func:`resolve_backbone`) with keyword ``params``."""
+                   params: Mapping[str, Any] | None = None,
+                   pretrained: bool = True) -> nn.Module:
+    """Instantiate a backbone (see :func:`resolve_backbone`) with keyword ``params``.
+
+    ``pretrained``: a backbone with an ``init_pretrained()`` method (``vgg``: ImageNet
+    weights from ``params["weights"]``) gets it called; ``False`` when a saved model's own
+    weights are about to be loaded into it."""
     name = resolve_backbone(kind, input_dim, is_sequence)
     try:
-        return BACKBONES[name](input_dim=input_dim, **dict(params or {}))
+        module = BACKBONES[name](input_dim=input_dim, **dict(params or {}))
     except (TypeError, ValueError, RuntimeError) as exc:
         # unknown keywords, and sizes torch refuses (negative widths, dropout > 1...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"backbone {name!r}: bad parameters {dict(params or {})}: "
                           f"{first}") from None
+    if pretrained and hasattr(module, "init_pretrained"):
+        module.init_pretrained()
+    return module
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -69,6 +79,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 __all__ = [
     "BACKBONES",
     "SNSA",
+    "VGG",
     "AttentionHead",
     "AttentionPooling",
     "EmotionClassifier",
