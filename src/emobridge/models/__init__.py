@@ -22,6 +22,7 @@ from emobridge.models.layers import (
     masked_softmax,
 )
 from emobridge.models.snsa import SNSA
+from emobridge.models.wccn import DeepWCCN, WCCNTransform
 
 #: Frames with at most this many dims look like a spectrogram (log-mel, LLDs): ``auto`` picks
 #: SNSA for them and the attention head for wider (encoder) frames.
@@ -71,9 +72,11 @@ __all__ = [
     "SNSA",
     "AttentionHead",
     "AttentionPooling",
+    "DeepWCCN",
     "EmotionClassifier",
     "GradientReversal",
     "MLPHead",
+    "WCCNTransform",
     "build_backbone",
     "count_parameters",
     "dann_lambda",
