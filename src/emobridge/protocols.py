@@ -20,6 +20,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ __all__ = [
     "Split",
     "apportion",
     "assemble_cell",
+    "balance_by_repetition",
     "check_audio_independence",
     "check_speaker_independence",
     "cross_corpus_split",
@@ -587,6 +589,29 @@ def few_shot_subset(
         order = np.array([q[r] for r in range(longest) for q in queues if r < len(q)])
     chosen = np.sort(order[:k])
     return manifest.iloc[chosen]
+
+
+def balance_by_repetition(groups: Sequence[Any] | np.ndarray,
+                          max_repeats: int | None = None) -> np.ndarray:
+    """Row positions that repeat each group's rows so every group (a training language) has
+    about as many rows as the largest: a group of ``n`` rows is repeated
+    ``round(n_largest / n)`` times (at least once, at most ``max_repeats``), as the wav2vec
+    2.0 + Deep-WCCN paper repeats its smaller corpora (section 4.3). Positions come in row
+    order, repeats after the originals."""
+    groups = np.asarray(groups, dtype=object)
+    if not len(groups):
+        return np.zeros(0, dtype=np.int64)
+    if max_repeats is not None and max_repeats < 1:
+        raise ProtocolError(f"balance_by_repetition: max_repeats must be >= 1, got "
+                            f"{max_repeats}")
+    names, inverse, counts = np.unique(groups.astype(str), return_inverse=True,
+                                       return_counts=True)
+    repeats = np.maximum(1, np.rint(counts.max() / counts)).astype(np.int64)
+    if max_repeats is not None:
+        repeats = np.minimum(repeats, max_repeats)
+    positions = np.arange(len(groups))
+    rounds = [positions[repeats[inverse] > r] for r in range(int(repeats.max()))]
+    return np.concatenate(rounds).astype(np.int64)
 
 
 def cross_corpus_split(
