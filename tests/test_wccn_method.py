@@ -95,6 +95,8 @@ def test_statistics_pooling_ignores_padding():
 
 @pytest.mark.parametrize("params, match", [
     ({"ssl_loss_weight": 0.1}, "not available yet"),
+    ({"encoder": "hf"}, "not available yet"),
+    ({"encoder": "wav2vec"}, "null or 'whisper'"),
     ({"smoothing": 1.5}, "smoothing"),
     ({"encoder": "whisper"}, "needs frame features"),
     ({"encoder": "whisper", "trainable_layers": 0}, "trainable_layers"),

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -147,7 +147,7 @@ class DeepWCCNMethod(NeuralMethod):
         smoothing: float = 0.4,
         hidden_dim: int = 192,
         dropout: float = 0.3,
-        encoder: Literal["whisper"] | None = None,
+        encoder: str | None = None,
         encoder_model: str = "base",
         trainable_layers: int = 2,
         ssl_loss_weight: float = 0.0,
@@ -175,6 +175,13 @@ class DeepWCCNMethod(NeuralMethod):
         self._store_params(locals())
 
     def check_params(self) -> None:
+        if self.encoder == "hf":
+            raise ConfigError("deep_wccn: encoder 'hf' (wav2vec 2.0, XLS-R, HuBERT, WavLM "
+                              "fine-tuning) is not available yet; use encoder: whisper, or "
+                              "encoder: null on frozen hf features")
+        if self.encoder not in (None, "whisper"):
+            raise ConfigError(f"deep_wccn: encoder must be null or 'whisper', got "
+                              f"{self.encoder!r}")
         if not 0.0 <= self.smoothing <= 1.0:
             raise ConfigError(f"deep_wccn: smoothing must be in [0, 1], got {self.smoothing}")
         if not 0.0 <= self.dropout < 1.0:
