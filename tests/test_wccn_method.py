@@ -95,8 +95,7 @@ def test_statistics_pooling_ignores_padding():
 
 @pytest.mark.parametrize("params, match", [
     ({"ssl_loss_weight": 0.1}, "not available yet"),
-    ({"encoder": "hf"}, "not available yet"),
-    ({"encoder": "wav2vec"}, "null or 'whisper'"),
+    ({"encoder": "wav2vec"}, "null, 'whisper' or 'hf'"),
     ({"smoothing": 1.5}, "smoothing"),
     ({"encoder": "whisper"}, "needs frame features"),
     ({"encoder": "whisper", "trainable_layers": 0}, "trainable_layers"),
@@ -169,3 +168,71 @@ def test_fine_tunes_top_whisper_layers(tiny_whisper, tmp_path):
         epochs=1, encoder="whisper", encoder_model=str(folder), trainable_layers=4))
     with pytest.raises(ConfigError, match="has 3 layers"):
         too_many.fit(data)
+
+
+# -- top layers of a Hugging Face encoder ----------------------------------------------------
+
+
+def _tiny_hf(kind: str, stable: bool):
+    transformers = pytest.importorskip("transformers")
+    config_class = {"wav2vec2": transformers.Wav2Vec2Config,
+                    "hubert": transformers.HubertConfig,
+                    "wavlm": transformers.WavLMConfig}[kind]
+    torch.manual_seed(0)
+    config = config_class(hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                          intermediate_size=32, conv_dim=(8, 8), conv_stride=(5, 4),
+                          conv_kernel=(10, 8), num_conv_pos_embeddings=4,
+                          num_conv_pos_embedding_groups=2, do_stable_layer_norm=stable,
+                          feat_extract_norm="layer" if stable else "group")
+    return transformers.AutoModel.from_config(config).eval()
+
+
+@pytest.mark.parametrize("kind, stable", [("wav2vec2", True), ("wav2vec2", False),
+                                          ("hubert", False)])
+def test_hf_top_layers_on_cached_frames_equal_the_full_model(kind, stable):
+    from emobridge.methods.deep_wccn import HFTopLayers
+
+    model = _tiny_hf(kind, stable)
+    with torch.no_grad():
+        alone = [model(torch.randn(1, n), output_hidden_states=True) for n in (1600, 1000)]
+        frames = [o.hidden_states[1][0] for o in alone]
+        x = torch.zeros(2, len(frames[0]), 16)
+        x[0], x[1, : len(frames[1])] = frames[0], frames[1]
+        x[1, len(frames[1]):] = 5.0  # padding must not leak in
+        mask = torch.arange(x.shape[1])[None, :] < torch.tensor([[len(f)] for f in frames])
+        top = HFTopLayers(model, 2).eval()
+        out = top(x, mask)
+    for row, single in enumerate(alone):
+        n = len(frames[row])
+        torch.testing.assert_close(out[row, :n], single.last_hidden_state[0], atol=1e-5,
+                                   rtol=1e-4)
+    with pytest.raises(ConfigError, match="has 3 layers"):
+        HFTopLayers(model, 4)
+
+
+def test_hf_wavlm_refused():
+    from emobridge.methods.deep_wccn import HFTopLayers
+
+    with pytest.raises(ConfigError, match="'wavlm'"):
+        HFTopLayers(_tiny_hf("wavlm", False), 1)
+
+
+def test_fine_tunes_top_hf_layers(tmp_path):
+    model = _tiny_hf("wav2vec2", True)
+    model.save_pretrained(tmp_path / "tiny-w2v")
+    gen = torch.Generator().manual_seed(1)
+    labels = np.arange(16) % 4
+    with torch.no_grad():  # frames of layer K = 3 - 2 = 1
+        feats = [model(torch.randn(1, 1200, generator=gen) + float(y),
+                       output_hidden_states=True).hidden_states[1][0].numpy() for y in labels]
+    data = EmotionData(feats, labels, [f"s{i % 3}" for i in range(16)], ["de"] * 16,
+                       [f"{i}.wav" for i in range(16)], CLASSES)
+    method = build_method("deep_wccn", **_params(
+        epochs=1, encoder="hf", encoder_model=str(tmp_path / "tiny-w2v"), trainable_layers=2))
+    method.fit(data)
+    assert sum(n.startswith("encoder.layers.") for n in method.model_.state_dict()) > 0
+    loaded = DeepWCCNMethod.load(method.save(tmp_path / "m"))
+    np.testing.assert_allclose(loaded.predict_proba(data), method.predict_proba(data),
+                               atol=1e-5)
+    with pytest.raises(ConfigError, match="needs encoder_model"):
+        build_method("deep_wccn", **_params(encoder="hf")).fit(data)

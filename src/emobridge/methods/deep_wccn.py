@@ -20,9 +20,16 @@ Inputs (``encoder``):
   (features ``layer=0``; the convolutional stem stays frozen). On 2 CPU cores an epoch then
   runs only the top ``N`` layers.
 
-Not available yet (a :class:`~emobridge.errors.ConfigError` says so): Hugging Face encoders
-(wav2vec 2.0, XLS-R, HuBERT, WavLM) as ``encoder`` and the paper's auxiliary wav2vec 2.0
-self-supervised loss (``ssl_loss_weight``). Note on the paper's numbers: its 0.1 is the
+- ``"hf"``: the same with a Hugging Face wav2vec 2.0 / XLS-R / HuBERT encoder
+  (``encoder_model``: a hub id, an alias of the ``hf`` extractor such as ``xlsr-53``, or a
+  local folder) on frames of ``hf:model=<same>,layer=K,pooling=none``, ``K = total - N``
+  (XLS-R 53 has 24 layers; ``N = 24`` fine-tunes the whole transformer, the paper's setting
+  but for the frozen convolutional front end). WavLM's layers share a relative position
+  bias computed in the first layer, so starting above it is refused.
+
+Not available yet (a :class:`~emobridge.errors.ConfigError` says so): the paper's auxiliary
+wav2vec 2.0 self-supervised loss (``ssl_loss_weight``), which needs the whole pre-training
+model on raw audio. Note on the paper's numbers: its 0.1 is the
 weight of the diversity loss inside the wav2vec 2.0 loss (its eq. 3); the weight of the whole
 wav2vec 2.0 loss beside the cross-entropy (its eq. 9) was tuned to 8e-4 .. 1.7e-3 (Table 3).
 
@@ -50,7 +57,7 @@ from emobridge.models.wccn import DeepWCCN
 from emobridge.protocols import balance_by_repetition
 from emobridge.training import Batch, EpochContext, TrainConfig
 
-__all__ = ["DeepWCCNClassifier", "DeepWCCNMethod", "statistics_pooling"]
+__all__ = ["DeepWCCNClassifier", "DeepWCCNMethod", "HFTopLayers", "statistics_pooling"]
 
 
 def statistics_pooling(x: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-5
@@ -106,6 +113,65 @@ class DeepWCCNClassifier(nn.Module):
         return self.classifier(self.embed(x, mask, y))
 
 
+#: ``transformers`` model types whose encoder layers take ``(hidden_states, attention_mask)``
+#: alone, so any top slice of them runs on cached hidden states.
+HF_TOP_LAYER_TYPES = ("wav2vec2", "hubert")
+
+
+class HFTopLayers(nn.Module):
+    """The top ``n`` transformer layers of a ``transformers`` wav2vec 2.0 / HuBERT encoder
+    (plus the final LayerNorm of stable-layer-norm models such as XLS-R), run on
+    ``hidden_states[K]``, ``K = layers - n``: ``top(hidden_states[K], mask)`` equals the
+X
+    """
+
+    def __init__(self, model: nn.Module, n_layers: int) -> None:
+        super().__init__()
+        import copy
+
+        config = model.config
+        kind = getattr(config, "model_type", "?")
+        if kind not in HF_TOP_LAYER_TYPES:
+            raise ConfigError(f"deep_wccn: cannot fine-tune the top layers of a {kind!r} "
+                              f"encoder on cached frames (supported: "
+                              f"{', '.join(HF_TOP_LAYER_TYPES)})")
+        total = len(model.encoder.layers)
+        if not 1 <= n_layers <= total:
+            raise ConfigError(f"deep_wccn: trainable_layers={n_layers} but the encoder has "
+                              f"{total} layers")
+        self.config = config
+        self.layers = copy.deepcopy(model.encoder.layers[total - n_layers:])
+        stable = bool(getattr(config, "do_stable_layer_norm", False))
+        self.layer_norm = copy.deepcopy(model.encoder.layer_norm) if stable else None
+
+    @classmethod
+    def from_pretrained(cls, name: str, n_layers: int, input_dim: int) -> HFTopLayers:
+        """Load ``name`` as the ``hf`` extractor does (hub id, alias or folder)."""
+        from emobridge.features.extractors.hf_encoder import HFEncoder
+
+        model = HFEncoder(model=name).load()["model"].cpu()
+        width = int(model.config.hidden_size)
+        if width != input_dim:
+            raise ConfigError(f"deep_wccn: the features have {input_dim} dims but "
+                              f"{name!r} has hidden size {width}")
+        return cls(model, n_layers).float()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        attention = None
+        if mask is not None and not bool(mask.all()):
+            try:
+                from transformers.masking_utils import create_bidirectional_mask
+
+                attention = create_bidirectional_mask(config=self.config, inputs_embeds=x,
+                                                      attention_mask=mask.long())
+            except ImportError:  # transformers 4: an additive (batch, 1, 1, frames) mask
+                attention = (~mask[:, None, None, :]).to(x.dtype) * torch.finfo(x.dtype).min
+        for layer in self.layers:
+            out = layer(x, attention_mask=attention)
+            x = out[0] if isinstance(out, tuple) else out
+        return x if self.layer_norm is None else self.layer_norm(x)
+
+
 @register_method
 class DeepWCCNMethod(NeuralMethod):
     """Encoder transfer with statistics pooling and Deep-WCCN (see the module docstring).
@@ -119,12 +185,13 @@ class DeepWCCNMethod(NeuralMethod):
     hidden_dim, dropout:
         Width of the FC layer (paper 192) and the dropout after it.
     encoder:
-        ``None`` (features in directly) or ``"whisper"`` (fine-tune its top layers).
+        ``None`` (features in directly), ``"whisper"`` or ``"hf"`` (fine-tune the encoder's
+        top layers).
     encoder_model:
-        The Whisper weights: ``"base"`` (offline), a CTranslate2 folder or a
-        ``transformers`` Whisper hub id / folder.
+        Whisper: ``"base"`` (offline), a CTranslate2 folder or a ``transformers`` Whisper
+        hub id / folder; hf: a hub id, alias or folder.
     trainable_layers:
-        ``N``: Whisper layers fine-tuned on frames of layer ``K = total - N``.
+        ``N``: encoder layers fine-tuned on frames of layer ``K = total - N``.
     ssl_loss_weight:
         Weight of the auxiliary wav2vec 2.0 loss; only 0 is available yet.
     balance_languages:
@@ -175,13 +242,12 @@ class DeepWCCNMethod(NeuralMethod):
         self._store_params(locals())
 
     def check_params(self) -> None:
-        if self.encoder == "hf":
-            raise ConfigError("deep_wccn: encoder 'hf' (wav2vec 2.0, XLS-R, HuBERT, WavLM "
-                              "fine-tuning) is not available yet; use encoder: whisper, or "
-                              "encoder: null on frozen hf features")
-        if self.encoder not in (None, "whisper"):
-            raise ConfigError(f"deep_wccn: encoder must be null or 'whisper', got "
+        if self.encoder not in (None, "whisper", "hf"):
+            raise ConfigError(f"deep_wccn: encoder must be null, 'whisper' or 'hf', got "
                               f"{self.encoder!r}")
+        if self.encoder == "hf" and self.encoder_model == "base":
+            raise ConfigError("deep_wccn: encoder 'hf' needs encoder_model (a hub id such as "
+                              "facebook/wav2vec2-large-xlsr-53, an alias or a folder)")
         if not 0.0 <= self.smoothing <= 1.0:
             raise ConfigError(f"deep_wccn: smoothing must be in [0, 1], got {self.smoothing}")
         if not 0.0 <= self.dropout < 1.0:
@@ -210,9 +276,12 @@ class DeepWCCNMethod(NeuralMethod):
         return data
 
     def build_encoder(self) -> nn.Module | None:
-        """The trainable top Whisper layers (``None`` without an encoder)."""
+        """The trainable top encoder layers (``None`` without an encoder)."""
         if self.encoder is None:
             return None
+        if self.encoder == "hf":
+            return HFTopLayers.from_pretrained(self.encoder_model, self.trainable_layers,
+                                               self.input_dim_)
         from emobridge.features.extractors.whisper import WhisperExtractor
         from emobridge.models.whisper_encoder import WhisperTopLayers
 
