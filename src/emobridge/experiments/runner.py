@@ -405,8 +405,9 @@ def _embedding_step(job: CellJob, method: Any, rows: Any, to_data: Callable
 
 @dataclass
 class _CellFit:
-    """A cell's fitted method and scores; with target folds, the last fold's method and
-    rows, and the test pieces and scores pooled over folds."""
+    """A cell's fitted method and scores; with target folds, the last fold's method, rows,
+    history and source scores (the source split does not depend on the fold), and the
+    target test pieces and scores pooled over folds."""
 
     rows: Any
     data: Any
@@ -439,7 +440,7 @@ def _fit_cell(job: CellJob, manifest: pd.DataFrame, feats: list[np.ndarray]) -> 
     test = EmotionData.concat([f.data.test for f in fits])
     proba = np.concatenate([f.result["test_proba"] for f in fits])
     present = set(test.labels.tolist())
-    result = {**fits[0].result, "test_proba": proba, "test": evaluate(
+    result = {**last.result, "test_proba": proba, "test": evaluate(
         test.labels, proba, job.classes, ci=cfg.report.bootstrap > 0,
         n_resamples=max(cfg.report.bootstrap, 1), seed=key.seed),
         "missing_classes": [c for i, c in enumerate(job.classes) if i not in present]}
