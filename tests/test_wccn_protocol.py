@@ -78,6 +78,8 @@ def test_target_folds_test_every_target_utterance_once():
     assert set(cell.labelled["path"]) <= set(cell.unlabelled["path"])
     with pytest.raises(ProtocolError, match="outside"):
         cross_corpus_split(source, target, target_fold=(5, 5))
+    with pytest.raises(ProtocolError, match="target folds: .*at least 6 speakers"):
+        cross_corpus_split(source, target, target_fold=(0, 6))
 
 
 def _config(root: Path, **protocol) -> dict:

@@ -735,7 +735,11 @@ def _target_fold(target: pd.DataFrame, fold: tuple[int, int], seed: int, validat
     index, n = fold
     if not isinstance(index, (int, np.integer)) or not 0 <= index < n:
         raise ProtocolError(f"target fold {index!r} is outside 0..{n - 1}")
-    return speaker_folds(target, n, seed, validation, stratify_by)[index].partitions()
+    try:
+        folds = speaker_folds(target, n, seed, validation, stratify_by)
+    except ProtocolError as exc:
+        raise ProtocolError(f"target folds: {exc}") from None
+    return folds[index].partitions()
 
 
 # --------------------------------------------------------------------------- one cell
