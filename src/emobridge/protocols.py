@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,12 +35,15 @@ __all__ = [
     "Split",
     "apportion",
     "assemble_cell",
+    "balance_by_repetition",
     "check_audio_independence",
     "check_speaker_independence",
     "cross_corpus_split",
     "explicit_folds",
+    "few_shot_seconds",
     "few_shot_subset",
     "leave_one_out",
+    "parse_few_shot",
     "speaker_folds",
     "speaker_split",
 ]
@@ -555,8 +560,8 @@ def few_shot_subset(
 
     Raises :class:`ProtocolError` when ``k`` is negative or exceeds the number of rows.
     """
-    columns = ["path", label_column] if stratify else ["path"]
-    _require_columns(manifest, columns, "few_shot_subset")
+    _require_columns(manifest, ["path", label_column] if stratify else ["path"],
+                     "few_shot_subset")
     seed = _check_seed(seed)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise ProtocolError(f"few_shot_subset: k must be a non-negative integer, got {k!r}")
@@ -565,28 +570,101 @@ def few_shot_subset(
                             f"{len(manifest)} utterance(s)")
     if k == 0:
         return manifest.iloc[0:0]
+    order = _few_shot_order(manifest, seed, stratify, label_column)
+    return manifest.iloc[np.sort(order[:k])]
+
+
+def _few_shot_order(manifest: pd.DataFrame, seed: int, stratify: bool,
+                    label_column: str) -> np.ndarray:
+    """The seeded draw order of :func:`few_shot_subset` (positions; a prefix is a draw)."""
     rng = np.random.default_rng(seed)
     # Positions sorted by path so the draw does not depend on the manifest's row order.
     by_path = np.argsort(manifest["path"].astype(str).to_numpy(), kind="stable")
     if not stratify:
-        order = by_path[rng.permutation(len(by_path))]
-    else:
-        labels = manifest[label_column]
-        if labels.isna().any() or (labels.astype(str).str.len() == 0).any():
-            row = (labels.isna() | (labels.astype(str).str.len() == 0)).idxmax()
-            raise CorpusError(f"few_shot_subset: empty {label_column!r} in row {row} "
-                              f"({manifest.loc[row, 'path']})")
-        labels_sorted = labels.astype(str).to_numpy()[by_path]
-        classes = sorted(set(labels_sorted))
-        class_order = rng.permutation(len(classes))
-        queues = []
-        for c in class_order:
-            members = by_path[labels_sorted == classes[c]]
-            queues.append(members[rng.permutation(len(members))])
-        longest = max(len(q) for q in queues)
-        order = np.array([q[r] for r in range(longest) for q in queues if r < len(q)])
-    chosen = np.sort(order[:k])
-    return manifest.iloc[chosen]
+        return by_path[rng.permutation(len(by_path))]
+    labels = manifest[label_column]
+    if labels.isna().any() or (labels.astype(str).str.len() == 0).any():
+        row = (labels.isna() | (labels.astype(str).str.len() == 0)).idxmax()
+        raise CorpusError(f"few_shot_subset: empty {label_column!r} in row {row} "
+                          f"({manifest.loc[row, 'path']})")
+    labels_sorted = labels.astype(str).to_numpy()[by_path]
+    classes = sorted(set(labels_sorted))
+    class_order = rng.permutation(len(classes))
+    queues = []
+    for c in class_order:
+        members = by_path[labels_sorted == classes[c]]
+        queues.append(members[rng.permutation(len(members))])
+    longest = max(len(q) for q in queues)
+    return np.array([q[r] for r in range(longest) for q in queues if r < len(q)],
+                    dtype=np.int64)
+
+
+#: A few-shot size in seconds of speech: ``"150s"``, ``"37.5s"``.
+SECONDS_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)s$")
+
+
+def parse_few_shot(k: int | str) -> tuple[str, float]:
+    """``("utterances", k)``, ``("seconds", s)`` for ``"<s>s"`` or ``("all", 0)``; anything
+    else raises :class:`ProtocolError`."""
+    if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 0:
+        return "utterances", float(k)
+    if k == "all":
+        return "all", 0.0
+    match = SECONDS_PATTERN.match(k) if isinstance(k, str) else None
+    if match is None:
+        raise ProtocolError(f"few-shot size must be a number of utterances (>= 0), seconds "
+                            f"such as '150s', or 'all'; got {k!r}")
+    return "seconds", float(match.group(1))
+
+
+def few_shot_seconds(
+    manifest: pd.DataFrame,
+    seconds: float,
+    seed: int = 0,
+    stratify: bool = True,
+    label_column: str = "emotion",
+) -> pd.DataFrame:
+    """Labelled utterances totalling at least ``seconds`` of speech (``duration_s``): the
+    shortest prefix of :func:`few_shot_subset`'s draw order that reaches it, so the draws
+    are nested across sizes as well. ``0`` gives an empty frame; more than the manifest holds
+    raises :class:`ProtocolError`."""
+    _require_columns(manifest, ["path", "duration_s"], "few_shot_seconds")
+    seed = _check_seed(seed)
+    if not np.isfinite(seconds) or seconds < 0:
+        raise ProtocolError(f"few_shot_seconds: seconds must be >= 0, got {seconds!r}")
+    if seconds == 0:
+        return manifest.iloc[0:0]
+    total = float(manifest["duration_s"].sum())
+    if seconds > total:
+        raise ProtocolError(f"few_shot_seconds: {seconds:g} s asked but the manifest holds "
+                            f"only {total:.1f} s of speech")
+    order = _few_shot_order(manifest, seed, stratify, label_column)
+    cumulative = np.cumsum(manifest["duration_s"].to_numpy(np.float64)[order])
+    n = int(np.searchsorted(cumulative, seconds - 1e-9) + 1)
+    return manifest.iloc[np.sort(order[:n])]
+
+
+def balance_by_repetition(groups: Sequence[Any] | np.ndarray,
+                          max_repeats: int | None = None) -> np.ndarray:
+    """Row positions that repeat each group's rows so every group (a training language) has
+    about as many rows as the largest: a group of ``n`` rows is repeated
+    ``round(n_largest / n)`` times (at least once, at most ``max_repeats``), as the wav2vec
+    2.0 + Deep-WCCN paper repeats its smaller corpora (section 4.3). Positions come in row
+    order, repeats after the originals."""
+    groups = np.asarray(groups, dtype=object)
+    if not len(groups):
+        return np.zeros(0, dtype=np.int64)
+    if max_repeats is not None and max_repeats < 1:
+        raise ProtocolError(f"balance_by_repetition: max_repeats must be >= 1, got "
+                            f"{max_repeats}")
+    names, inverse, counts = np.unique(groups.astype(str), return_inverse=True,
+                                       return_counts=True)
+    repeats = np.maximum(1, np.rint(counts.max() / counts)).astype(np.int64)
+    if max_repeats is not None:
+        repeats = np.minimum(repeats, max_repeats)
+    positions = np.arange(len(groups))
+    rounds = [positions[repeats[inverse] > r] for r in range(int(repeats.max()))]
+    return np.concatenate(rounds).astype(np.int64)
 
 
 def cross_corpus_split(
@@ -597,6 +675,7 @@ def cross_corpus_split(
     source_validation_ratio: float = 0.0,
     stratify_by: str | None = "gender",
     source_ratios: Sequence[float] | None = None,
+    target_fold: tuple[int, int] | None = None,
 ) -> CrossCorpusSplit:
     """The speaker-disjoint pieces of a source -> target experiment.
 
@@ -605,6 +684,12 @@ def cross_corpus_split(
     test shares, as ``target_ratios``) splits it three ways. The target is split by speaker
     with ``target_ratios`` into train (the unlabelled / few-shot pool), validation and test,
     exactly as :func:`speaker_split` does (same rounding, ``seed`` and ``stratify_by``).
+
+    ``target_fold=(i, n)`` rotates the target instead: its speakers are dealt into ``n``
+    groups (:func:`speaker_folds`, same ``seed`` and ``stratify_by``), fold ``i`` tests on
+    group ``i``, validates on group ``i + 1`` when ``target_ratios`` has a validation share
+    (else none) and pools the rest for training; over ``i = 0 .. n-1`` every target
+    utterance is tested exactly once.
 
     All pieces are checked together, so a speaker shared by source and target (the same
     corpus passed twice) raises :class:`SpeakerLeakError`.
@@ -619,7 +704,11 @@ def cross_corpus_split(
     if r[0] == 0 and r[2] == 0:
         raise ProtocolError(f"cross_corpus_split: target_ratios {tuple(target_ratios)} leave "
                             "no target speakers to adapt on or test on")
-    tgt = _assign_speakers(target, r, seed, stratify_by, PARTITIONS, "cross_corpus_split target")
+    if target_fold is None:
+        tgt = _assign_speakers(target, r, seed, stratify_by, PARTITIONS,
+                               "cross_corpus_split target")
+    else:
+        tgt = _target_fold(target, target_fold, seed, bool(r[1] > 0), stratify_by)
     if source_ratios is None:
         source_ratios = (1.0 - source_validation_ratio, source_validation_ratio, 0.0)
     s = _check_ratios(source_ratios, PARTITIONS)
@@ -638,6 +727,19 @@ def cross_corpus_split(
     }
     check_speaker_independence(parts)
     return CrossCorpusSplit(**parts)
+
+
+def _target_fold(target: pd.DataFrame, fold: tuple[int, int], seed: int, validation: bool,
+                 stratify_by: str | None) -> dict[str, pd.DataFrame]:
+    """Fold ``fold[0]`` of ``fold[1]`` rotated speaker folds of the target, as partitions."""
+    index, n = fold
+    if not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+        raise ProtocolError(f"target fold {index!r} is outside 0..{n - 1}")
+    try:
+        folds = speaker_folds(target, n, seed, validation, stratify_by)
+    except ProtocolError as exc:
+        raise ProtocolError(f"target folds: {exc}") from None
+    return folds[index].partitions()
 
 
 # --------------------------------------------------------------------------- one cell
@@ -680,12 +782,15 @@ def assemble_cell(
     target_ratios: Sequence[float] = (0.6, 0.2, 0.2),
     source_ratios: Sequence[float] = (1.0, 0.0, 0.0),
     stratify_by: str | None = "gender",
+    target_fold: tuple[int, int] | None = None,
 ) -> CellRows:
     """Split, few-shot draw and validation rows of one cell: the one place that decides
     what a method sees (``emobridge run`` and ``emobridge train`` both come here).
 
     ``k`` is the number of labelled target training utterances
-    (:func:`few_shot_subset`, seeded with ``seed``) or ``"all"``. The unlabelled pool is
+    (:func:`few_shot_subset`, seeded with ``seed``), seconds of them as ``"150s"``
+    (:func:`few_shot_seconds`) or ``"all"``. ``target_fold`` rotates the target speakers
+    (see :func:`cross_corpus_split`). The unlabelled pool is
     every target training utterance, the ``k`` labelled ones included: they are target
     audio too, and the pool then does not change with ``k``. ``validation`` is one of
     :data:`VALIDATION_CHOICES`; ``"source"`` reads no target label. Speakers and audio
@@ -694,19 +799,20 @@ def assemble_cell(
     if validation not in VALIDATION_CHOICES:
         raise ProtocolError(f"validation must be one of {', '.join(VALIDATION_CHOICES)}, "
                             f"got {validation!r}")
+    kind, amount = parse_few_shot(k)
     split = cross_corpus_split(source, target, target_ratios, seed, stratify_by=stratify_by,
-                               source_ratios=source_ratios)
+                               source_ratios=source_ratios, target_fold=target_fold)
     if split.target_test.empty:
         raise ProtocolError(f"target ratios {tuple(target_ratios)} leave no target test "
                             "speakers")
     check_audio_independence(split.partitions())
     pool = split.target_train
-    if k == "all":
+    if kind == "all":
         labelled = pool
-    elif isinstance(k, str):
-        raise ProtocolError(f"k must be a number of utterances or 'all', got {k!r}")
+    elif kind == "seconds":
+        labelled = few_shot_seconds(pool, amount, seed)
     else:
-        labelled = few_shot_subset(pool, int(k), seed)
+        labelled = few_shot_subset(pool, int(amount), seed)
     pieces = {"source": [split.source_validation], "target": [split.target_validation],
               "both": [split.source_validation, split.target_validation], "none": []}
     rows = pieces[validation]

@@ -216,6 +216,26 @@ class PairConfig(_Model):
         return self
 
 
+def _few_shot_sizes(sizes: list[int | str]) -> list[int | str]:
+    """Few-shot sizes checked: utterance counts >= 0 or seconds as ``"150s"`` (digit strings
+    become counts), distinct."""
+    from emobridge.protocols import ProtocolError, parse_few_shot
+
+    out: list[int | str] = []
+    for k in sizes:
+        k = int(k) if isinstance(k, str) and k.isdigit() else k
+        try:
+            kind, _ = parse_few_shot(k)
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from None
+        if kind == "all":
+            raise ValueError("few-shot size 'all' is target_labels: all, not a few_shot size")
+        out.append(k)
+    if len(set(out)) != len(out):
+        raise ValueError(f"few-shot sizes listed twice: {sizes}")
+    return out
+
+
 class ProtocolConfig(_Model):
     """Who is source and target, how speakers are split, how many target labels.
 
@@ -229,7 +249,15 @@ class ProtocolConfig(_Model):
     methods for early stopping (default ``source``: held-out source speakers, so no target
     label is read).
     ``few_shot`` lists the numbers of labelled target utterances (in total, drawn as equally
-    per class as possible, see :func:`emobridge.protocols.few_shot_subset`). ``split_seed``
+    per class as possible, see :func:`emobridge.protocols.few_shot_subset`) or amounts of
+    labelled target speech in seconds (``"150s"``: the shortest such draw reaching 150 s,
+    :func:`emobridge.protocols.few_shot_seconds`). ``target_folds: N`` rotates the target
+    speakers over ``N`` speaker folds (:func:`emobridge.protocols.speaker_folds`): each cell
+    fits once per fold (test on fold ``i``, validation on fold ``i + 1`` when
+    ``target_split.validation > 0``, the rest is the target training pool; the target
+    split's ratios are otherwise unused) and is scored on the pooled predictions, so every
+    target utterance is tested exactly once per seed; per-fold scores go to ``folds`` in
+    ``metrics.json``. ``split_seed``
     fixes the speaker split; ``null`` (default) re-splits with each run seed, so the spread
     over seeds includes the choice of speakers.
     """
@@ -242,7 +270,8 @@ class ProtocolConfig(_Model):
     target_split: SplitRatios = Field(
         default_factory=lambda: SplitRatios(train=0.6, validation=0.2, test=0.2))
     validation: Literal["source", "target", "both", "none"] = "source"
-    few_shot: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    few_shot: list[int | str] = Field(default_factory=lambda: [0], min_length=1)
+    target_folds: int | None = Field(None, ge=2)
     split_seed: int | None = Field(None, ge=0)
     stratify_by: str | None = "gender"
     max_source_points: int = Field(
@@ -259,12 +288,8 @@ class ProtocolConfig(_Model):
 
     @field_validator("few_shot")
     @classmethod
-    def _few_shot(cls, v: list[int]) -> list[int]:
-        if any(k < 0 for k in v):
-            raise ValueError(f"few-shot sizes must be >= 0, got {v}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"few-shot sizes listed twice: {v}")
-        return v
+    def _few_shot(cls, v: list[int | str]) -> list[int | str]:
+        return _few_shot_sizes(v)
 
     @model_validator(mode="after")
     def _target_test(self) -> ProtocolConfig:
@@ -332,20 +357,23 @@ class MethodConfig(_Model):
     the constructor (checked against its signature). ``target_labels``: ``few_shot`` runs
     once per few-shot size (``few_shot`` here, else ``protocol.few_shot``), ``none`` once
     with no target labels (k = 0; e.g. the cross-lingual lower bound), ``all`` once with
-    every target training label (the multilingual upper bound)."""
+    every target training label (the multilingual upper bound). ``features``: the labels of
+    the extractors this method runs on (default: every one), e.g. a random forest on
+    functionals only and encoder fine-tuning on frames only."""
 
     name: str | None = None
     method: str
     params: dict[str, Any] = Field(default_factory=dict)
     target_labels: Literal["few_shot", "none", "all"] = "few_shot"
-    few_shot: list[int] | None = None
+    few_shot: list[int | str] | None = None
+    features: list[str] | None = Field(None, min_length=1)
 
     @field_validator("few_shot")
     @classmethod
-    def _few_shot(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or any(k < 0 for k in v) or len(set(v)) != len(v)):
-            raise ValueError(f"few_shot must list distinct sizes >= 0, got {v}")
-        return v
+    def _few_shot(cls, v: list[int | str] | None) -> list[int | str] | None:
+        if v is not None and not v:
+            raise ValueError("few_shot must list at least one size")
+        return None if v is None else _few_shot_sizes(v)
 
     @model_validator(mode="after")
     def _label(self) -> MethodConfig:
@@ -434,6 +462,12 @@ class ExperimentConfig(_Model):
             raise ValueError(f"methods: name {dup[0]!r} is used twice; give each a 'name'")
         if self.name is not None:
             _check_id(self.name, "experiment name")
+        labels = [f.label for f in self.feature_specs]
+        for m in self.methods:
+            unknown = sorted(set(m.features or ()) - set(labels))
+            if unknown:
+                raise ValueError(f"methods: {m.label!r} lists features {unknown} that are not "
+                                 f"extractor labels ({', '.join(labels)})")
         return self
 
     # ------------------------------------------------------------------ derived values

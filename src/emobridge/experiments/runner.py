@@ -27,6 +27,7 @@ Interruption: SIGINT / SIGTERM stop the workers and raise :class:`KeyboardInterr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import signal
@@ -226,10 +227,12 @@ def method_ks(method: MethodConfig, protocol: ProtocolConfig) -> list[int | str]
 
 
 def expand_cells(cfg: ExperimentConfig, tasks: list[Task]) -> list[CellKey]:
-    """Every cell, in the order task, feature, method, k, seed. Two cells with one id (one
+    """Every cell, in the order task, feature, method, k, seed (a method only on its
+    ``features`` when it lists them). Two cells with one id (one
     folder) raise :class:`ConfigError`: one would overwrite the other's results."""
     keys = [CellKey(task.name, feature.label, method.label, k, seed)
             for task in tasks for feature in cfg.feature_specs for method in cfg.methods
+            if method.features is None or feature.label in method.features
             for k in method_ks(method, cfg.protocol) for seed in cfg.seeds]
     seen: set[str] = set()
     for key in keys:
@@ -251,7 +254,9 @@ def cell_hash(cfg: ExperimentConfig, key: CellKey, task: Task, classes: tuple[st
         "feature": cfg.feature(key.feature).as_spec(),
         "method": {"method": method.method, "params": method.params,
                    "target_labels": method.target_labels},  # not few_shot: k is in the key
-        "protocol": p.model_dump(mode="json", exclude={"pairs", "few_shot"}),
+        # target_folds left out while unset: hashes of runs made before it existed hold
+        "protocol": p.model_dump(mode="json", exclude={"pairs", "few_shot"} | (
+            {"target_folds"} if p.target_folds is None else set())),
         "taxonomy": cfg.taxonomy.model_dump(mode="json"),
         "corpora": [c.model_dump(mode="json") for c in cfg.corpora],
         "bootstrap": cfg.report.bootstrap, "max_points": cfg.report.max_points,
@@ -321,8 +326,10 @@ def _cached_features(job: CellJob, manifest: pd.DataFrame) -> list[np.ndarray]:
     return _CACHE[key]
 
 
-def cell_rows(manifest: pd.DataFrame, task: Task, protocol: ProtocolConfig, key: CellKey):
-    """The rows of one cell (:func:`emobridge.protocols.assemble_cell`) -> ``CellRows``."""
+def cell_rows(manifest: pd.DataFrame, task: Task, protocol: ProtocolConfig, key: CellKey,
+              fold: int | None = None):
+    """The rows of one cell (:func:`emobridge.protocols.assemble_cell`) -> ``CellRows``;
+    ``fold``: the target fold (``protocol.target_folds``)."""
     from emobridge.protocols import assemble_cell
 
     column = manifest[protocol.domain].astype(str)
@@ -335,7 +342,8 @@ def cell_rows(manifest: pd.DataFrame, task: Task, protocol: ProtocolConfig, key:
         source, target, k=key.k, validation=protocol.validation,
         seed=protocol.split_seed if protocol.split_seed is not None else key.seed,
         target_ratios=protocol.target_split.as_tuple(),
-        source_ratios=protocol.source_split.as_tuple(), stratify_by=protocol.stratify_by)
+        source_ratios=protocol.source_split.as_tuple(), stratify_by=protocol.stratify_by,
+        target_fold=None if fold is None else (fold, int(protocol.target_folds)))
 
 
 def _build_cell_method(job: CellJob):
@@ -395,20 +403,63 @@ def _embedding_step(job: CellJob, method: Any, rows: Any, to_data: Callable
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def _run_cell(job: CellJob) -> dict[str, Any]:
+@dataclass
+class _CellFit:
+    """A cell's fitted method and scores; with target folds, the last fold's method, rows,
+    history and source scores (the source split does not depend on the fold), and the
+    target test pieces and scores pooled over folds."""
+
+    rows: Any
+    data: Any
+    method: Any
+    result: dict[str, Any]
+    fit_s: float
+    folds: list[dict[str, Any]] | None = None
+
+
+def _fit_cell(job: CellJob, manifest: pd.DataFrame, feats: list[np.ndarray]) -> _CellFit:
+    """Fit and score the cell once, or once per target fold (``protocol.target_folds``)
+    with the test predictions of every fold pooled: each target utterance tested once."""
     from emobridge.methods import EmotionData
     from emobridge.methods.runner import cell_data, fit_and_evaluate
+    from emobridge.metrics import evaluate
+
+    cfg, key = job.config, job.key
+    n_folds = cfg.protocol.target_folds
+    fits: list[_CellFit] = []
+    for fold in [None] if n_folds is None else range(n_folds):
+        rows = cell_rows(manifest, job.task, cfg.protocol, key, fold)
+        data = cell_data(rows, lambda frame: [feats[i] for i in frame.index], job.classes)
+        method = _build_cell_method(job)
+        t_fit = time.perf_counter()
+        result = fit_and_evaluate(method, data, cfg.report.bootstrap, seed=key.seed)
+        fits.append(_CellFit(rows, data, method, result, time.perf_counter() - t_fit))
+    if n_folds is None:
+        return fits[0]
+    last = fits[-1]
+    test = EmotionData.concat([f.data.test for f in fits])
+    proba = np.concatenate([f.result["test_proba"] for f in fits])
+    present = set(test.labels.tolist())
+    result = {**last.result, "test_proba": proba, "test": evaluate(
+        test.labels, proba, job.classes, ci=cfg.report.bootstrap > 0,
+        n_resamples=max(cfg.report.bootstrap, 1), seed=key.seed),
+        "missing_classes": [c for i, c in enumerate(job.classes) if i not in present]}
+    folds = [{"fold": i, "ua": f.result["test"]["ua"], "wa": f.result["test"]["wa"],
+              "n": len(f.data.test), "fit_s": f.fit_s, "best_epoch": f.result["best_epoch"]}
+             for i, f in enumerate(fits)]
+    data = dataclasses.replace(last.data, test=test)
+    return _CellFit(last.rows, data, last.method, result, sum(f.fit_s for f in fits), folds)
+
+
+def _run_cell(job: CellJob) -> dict[str, Any]:
+    from emobridge.methods import EmotionData
 
     cfg, key = job.config, job.key
     t_start = time.perf_counter()
     manifest = _cached_manifest(job.manifest_path)
     feats = _cached_features(job, manifest)
-    rows = cell_rows(manifest, job.task, cfg.protocol, key)
-    data = cell_data(rows, lambda frame: [feats[i] for i in frame.index], job.classes)
-    method = _build_cell_method(job)
-    t_fit = time.perf_counter()
-    result = fit_and_evaluate(method, data, cfg.report.bootstrap, seed=key.seed)
-    fit_s = time.perf_counter() - t_fit
+    fit = _fit_cell(job, manifest, feats)
+    data, result, method, rows = fit.data, fit.result, fit.method, fit.rows
     predictions: dict[str, Any] = {"target": {
         "y_true": data.test.labels, "y_pred": result["test_proba"].argmax(axis=1),
         "ids": data.test.ids.tolist()}}
@@ -429,7 +480,8 @@ def _run_cell(job: CellJob) -> dict[str, Any]:
         "silhouette": silhouette, "embedding_error": embedding_error,
         "history": result["history"], "sizes": _sizes(rows), "predictions": predictions,
         "device": job.device, "skipped_files": job.skipped_files,
-        "timing": {"fit_s": fit_s, "total_s": time.perf_counter() - t_start},
+        **({} if fit.folds is None else {"folds": fit.folds}),
+        "timing": {"fit_s": fit.fit_s, "total_s": time.perf_counter() - t_start},
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

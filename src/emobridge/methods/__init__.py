@@ -19,8 +19,10 @@ __all__ = [
 
 # Built-in methods register themselves on import: one line per method module.
 import emobridge.methods.dann  # noqa: E402, F401
+import emobridge.methods.deep_wccn  # noqa: E402, F401
 import emobridge.methods.mmd  # noqa: E402, F401
 import emobridge.methods.nnpm  # noqa: E402, F401
 import emobridge.methods.pseudo_label  # noqa: E402, F401
+import emobridge.methods.random_forest  # noqa: E402, F401
 import emobridge.methods.source_only  # noqa: E402, F401
 import emobridge.methods.supervised  # noqa: E402, F401

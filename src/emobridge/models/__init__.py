@@ -23,6 +23,7 @@ from emobridge.models.layers import (
 )
 from emobridge.models.snsa import SNSA
 from emobridge.models.vgg import VGG
+from emobridge.models.wccn import DeepWCCN, WCCNTransform
 
 #: Frames with at most this many dims look like a spectrogram (log-mel, LLDs): ``auto`` picks
 #: SNSA for them and the attention head for wider (encoder) frames.
@@ -82,9 +83,11 @@ __all__ = [
     "VGG",
     "AttentionHead",
     "AttentionPooling",
+    "DeepWCCN",
     "EmotionClassifier",
     "GradientReversal",
     "MLPHead",
+    "WCCNTransform",
     "build_backbone",
     "count_parameters",
     "dann_lambda",

@@ -429,6 +429,44 @@ class WhisperEncoder(nn.Module):
         return model
 
 
+class WhisperTopLayers(nn.Module):
+    """The top ``n`` transformer layers of a Whisper encoder and its final LayerNorm.
+
+    Runs on the hidden state ``hidden_states[K]`` with ``K = n_layers - n`` (the frames the
+    feature store holds for ``whisper:backend=torch,layer=K,pooling=none``; the positional
+    embedding is already in them), so the lower layers are computed once and cached while the
+    top ``n`` are fine-tuned: ``top(hidden_states[K], mask)`` equals ``last_hidden_state``.
+    Build with :meth:`from_encoder`.
+    """
+
+    def __init__(self, config: WhisperEncoderConfig, n_layers: int) -> None:
+        super().__init__()
+        if not 1 <= n_layers <= config.n_layers:
+            raise ConfigError(f"Whisper top layers: n must be in 1..{config.n_layers} "
+                              f"(the encoder's layers), got {n_layers}")
+        self.config = config
+        self.first_layer = config.n_layers - n_layers
+        self.layers = nn.ModuleList(WhisperEncoderLayer(config) for _ in range(n_layers))
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    @classmethod
+    def from_encoder(cls, encoder: WhisperEncoder, n_layers: int) -> WhisperTopLayers:
+        """A copy of ``encoder``'s top ``n_layers`` layers and final LayerNorm (float32)."""
+        top = cls(encoder.config, n_layers)
+        for mine, theirs in zip(top.layers, encoder.layers[top.first_layer:], strict=True):
+            mine.load_state_dict(theirs.state_dict())
+        top.layer_norm.load_state_dict(encoder.layer_norm.state_dict())
+        return top.float()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(batch, frames, d_model)``, ``mask`` ``(batch, frames)`` True on real
+        frames -> the encoder's output frames (padding rows are not meaningful)."""
+        attn_mask = None if mask is None or bool(mask.all()) else mask[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        return self.layer_norm(x)
+
+
 def _dequantise(variables: dict[str, np.ndarray], name: str) -> torch.Tensor:
     """Variable ``name`` as float32, dividing int8/int16 weights by their saved scale."""
     value = variables[name]

@@ -1,0 +1,79 @@
+"""random_forest: scikit-learn's forest, pickle-free save / load, optional WCCN."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.ensemble import RandomForestClassifier
+
+from emobridge.errors import ConfigError, EmobridgeError
+from emobridge.methods import EmotionData, build_method
+from emobridge.methods.random_forest import RandomForestMethod
+from emobridge.metrics import unweighted_average_recall
+
+CLASSES = ("anger", "happiness", "neutral", "sadness")
+
+
+def vectors(n: int, seed: int, language: str = "de", dims: int = 6,
+            labels: np.ndarray | None = None) -> EmotionData:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 4 if labels is None else labels
+    feats = [(2.0 * np.eye(4, dims)[y] + rng.normal(size=dims)).astype(np.float32)
+             for y in labels]
+    return EmotionData(feats, labels, [f"{language}{i % 3}" for i in range(n)],
+                       [language] * n, [f"{language}/{seed}/{i}" for i in range(n)], CLASSES)
+
+
+def test_matches_scikit_learn_predict_proba():
+    source, test = vectors(80, 0), vectors(30, 1)
+    method = build_method("random_forest", n_estimators=20, seed=3,
+                          balance_languages=False).fit(source)
+    reference = RandomForestClassifier(n_estimators=20, max_depth=5, random_state=3).fit(
+        source.stacked(), source.labels)
+    np.testing.assert_allclose(method.predict_proba(test),
+                               reference.predict_proba(test.stacked()), atol=1e-12)
+    assert unweighted_average_recall(test.labels, method.predict(test)) > 0.6
+
+
+def test_class_absent_from_training_gets_zero_probability():
+    source = vectors(30, 0, labels=np.arange(30) % 3)  # no "sadness"
+    proba = build_method("random_forest", n_estimators=5).fit(source).predict_proba(
+        vectors(8, 1))
+    assert proba.shape == (8, 4)
+    np.testing.assert_allclose(proba[:, 3], 0.0)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+
+
+@pytest.mark.parametrize("wccn", [False, True])
+def test_save_load_without_pickle(tmp_path, wccn):
+    source = EmotionData.concat([vectors(40, 0), vectors(12, 2, "en")])
+    few = vectors(4, 3, "it")
+    method = build_method("random_forest", n_estimators=10, wccn=wccn, wccn_smoothing=0.1,
+                          normalise="per_corpus").fit(source, target_labelled=few)
+    folder = method.save(tmp_path / "rf")
+    meta = json.loads((folder / "method.json").read_text())
+    assert meta["method"] == "random_forest" and (meta["wccn_projection"] is None) != wccn
+    with np.load(folder / "forest.npz", allow_pickle=False) as npz:  # no object arrays
+        assert all(npz[k].dtype != object for k in npz.files)
+    loaded = RandomForestMethod.load(folder)
+    test = vectors(20, 4, "it")
+    np.testing.assert_array_equal(loaded.predict_proba(test), method.predict_proba(test))
+    np.testing.assert_array_equal(loaded.embed(test), method.embed(test))
+    if wccn:  # the embedding is the WCCN-transformed vector
+        assert not np.allclose(method.embed(test), method.normaliser_.transform(test)
+                               .stacked())
+
+
+def test_errors():
+    frames = EmotionData([np.zeros((3, 2), np.float32)] * 2, [0, 1], ["a", "b"], ["de"] * 2,
+                         ["x", "y"], CLASSES)
+    with pytest.raises(ConfigError, match="frame sequences"):
+        build_method("random_forest").fit(frames)
+    with pytest.raises(ConfigError, match="max_depth"):
+        build_method("random_forest", max_depth="deep").fit(vectors(8, 0))
+    with pytest.raises(EmobridgeError, match="fit"):
+        build_method("random_forest").predict_proba(vectors(4, 0))
+    with pytest.raises(EmobridgeError, match="method.json"):
+        RandomForestMethod.load("/nonexistent/rf")
