@@ -51,7 +51,7 @@ from torch import nn
 from emobridge.errors import ConfigError
 from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
-from emobridge.methods.neural import FeatureNormaliser, NeuralMethod, Normalise
+from emobridge.methods.neural import DomainLoss, FeatureNormaliser, NeuralMethod, Normalise
 from emobridge.methods.phases import FitData
 from emobridge.models.wccn import DeepWCCN
 from emobridge.protocols import balance_by_repetition
@@ -238,6 +238,10 @@ class DeepWCCNMethod(NeuralMethod):
         log_csv: str | Path | None = None,
         progress: bool = False,
         resume: bool = False,
+        domain_loss: DomainLoss = "none",
+        domain_loss_weight: float = 1.0,
+        domain_loss_layer: str = "embedding",
+        domain_loss_params: Mapping[str, Any] | None = None,
     ) -> None:
         self._store_params(locals())
 
