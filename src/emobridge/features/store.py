@@ -18,8 +18,12 @@ every ``flush_every`` entries, every ``flush_interval_s`` seconds and when an er
 run. Reads memory-map the data files and copy each entry out; its CRC-32 is checked, and a
 corrupt or truncated entry is dropped from its index and treated as missing (recomputed by
 :meth:`FeatureStore.extract` or ``load(..., compute_missing=True)``), never returned.
-Several processes may write the same extractor at once (each to its own shard); when the same
-audio lands in two shards, the newest copy that verifies wins.
+Several processes, on one machine or on many nodes sharing the filesystem, may write the same
+extractor at once: each writes its own shard (named by time and a 64-bit random id), and every
+read-modify-write of a shared file (a shard index that a reader trims of corrupt entries,
+``hashes.parquet``) happens under an exclusive ``flock`` (``.index.lock`` / ``.hashes.lock``)
+after re-reading the file, so no writer's entries are lost. When the same audio lands in two
+shards, the newest copy that verifies wins.
 """
 
 from __future__ import annotations
@@ -157,6 +161,8 @@ class FeatureStore:
         self.shard_max_entries = max(1, int(shard_max_entries))
         self._hashes: dict[str, tuple[Any, ...]] | None = None
         self._hashes_dirty = False
+        #: paths hashed by this instance since the last save (merged into the file on disk)
+        self._hashes_new: set[str] = set()
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.root)!r})"
@@ -421,6 +427,7 @@ class FeatureStore:
                 return hit[-1]
             digest = file_hash(path)
             cache[path] = (*stat, digest)
+            self._hashes_new.add(path)
             self._hashes_dirty = True
             return digest
 
@@ -444,20 +451,25 @@ class FeatureStore:
     def _hash_cache(self) -> dict[str, tuple[Any, ...]]:
         """path -> (*:data:`_HASH_KEY`, content hash), read once from hashes.parquet."""
         if self._hashes is None:
-            self._hashes = {}
-            path = self.root / _HASHES_FILE
-            if path.exists():
-                try:
-                    df = pd.read_parquet(path)
-                except (OSError, ValueError, pa.ArrowException) as exc:
-                    warnings.warn(f"{path}: unreadable hash cache ({exc}); audio files are "
-                                  "hashed again", EmobridgeWarning, stacklevel=3)
-                    return self._hashes
-                if set(_HASH_KEY) <= set(df.columns):  # older stores lack some: re-hash
-                    columns = [df[c] for c in ("path", *_HASH_KEY, "hash")]
-                    self._hashes = {row[0]: (*map(int, row[1:-1]), row[-1])
-                                    for row in zip(*columns, strict=True)}
+            self._hashes = self._read_hashes(warn=True)
         return self._hashes
+
+    def _read_hashes(self, warn: bool) -> dict[str, tuple[Any, ...]]:
+        """The hash cache on disk (empty when missing or unreadable)."""
+        path = self.root / _HASHES_FILE
+        if not path.exists():
+            return {}
+        try:
+            df = pd.read_parquet(path)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            if warn:
+                warnings.warn(f"{path}: unreadable hash cache ({exc}); audio files are "
+                              "hashed again", EmobridgeWarning, stacklevel=4)
+            return {}
+        if not set(_HASH_KEY) <= set(df.columns):  # older stores lack some: re-hash
+            return {}
+        columns = [df[c] for c in ("path", *_HASH_KEY, "hash")]
+        return {row[0]: (*map(int, row[1:-1]), row[-1]) for row in zip(*columns, strict=True)}
 
     def _save_hashes(self, create: bool = False, best_effort: bool = False) -> None:
         """Write the hash cache (only into an existing store unless ``create``).
@@ -469,20 +481,25 @@ class FeatureStore:
             return
         if not create and not self.root.is_dir():
             return
-        df = pd.DataFrame(
-            [(p, *stat, h) for p, (*stat, h) in self._hashes.items()],
-            columns=["path", *_HASH_KEY, "hash"])
         target = self.root / _HASHES_FILE
         try:
             with self._writing(target):
                 self.root.mkdir(parents=True, exist_ok=True)
-                with atomic_path(target) as tmp:
-                    df.to_parquet(tmp, index=False)
+                # Other writers may have saved since we read: merge under the lock, ours win.
+                with file_lock(self.root / ".hashes.lock", blocking=True):
+                    merged = self._read_hashes(warn=False)
+                    merged.update({p: self._hashes[p] for p in self._hashes_new})
+                    df = pd.DataFrame([(p, *stat, h) for p, (*stat, h) in merged.items()],
+                                      columns=["path", *_HASH_KEY, "hash"])
+                    with atomic_path(target) as tmp:
+                        df.to_parquet(tmp, index=False)
         except OutputError:
             if not best_effort:
                 raise
             return
+        self._hashes.update(merged)
         self._hashes_dirty = False
+        self._hashes_new = set()
 
     @contextlib.contextmanager
     def _writing(self, path: Path) -> Iterator[None]:
@@ -603,14 +620,16 @@ class FeatureStore:
         again and count as missing, as now."""
         for shard, keys in bad.items():
             index = self.root / eid / f"{shard}.json"
-            if not index.exists():
-                continue
-            doc = json.loads(index.read_text())
-            drop = set(keys)
-            keep = [i for i, k in enumerate(doc["hash"]) if k not in drop]
-            for col in ("hash", "offset", "shape", "crc32"):
-                doc[col] = [doc[col][i] for i in keep]
-            with contextlib.suppress(OSError):
+            # The shard's writer may be appending: re-read and rewrite under the index lock,
+            # or its newest entries (or our drop) would be lost.
+            with _index_lock(self.root / eid), contextlib.suppress(OSError, ValueError):
+                if not index.exists():
+                    continue
+                doc = json.loads(index.read_text())
+                drop = set(keys)
+                keep = [i for i, k in enumerate(doc["hash"]) if k not in drop]
+                for col in ("hash", "offset", "shape", "crc32"):
+                    doc[col] = [doc[col][i] for i in keep]
                 write_text_atomic(index, json.dumps(doc, separators=(",", ":")))
 
     # -- writing / maintenance -----------------------------------------------------------
@@ -762,7 +781,9 @@ class _ShardWriter:
         self.flush()
 
     def _new_shard(self) -> None:
-        self.stem = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        # time orders shards (newest copy wins); 64 random bits keep names unique across
+        # the processes and nodes writing one store
+        self.stem = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:16]}"
         self.doc = {"format": FORMAT_VERSION, "extractor_id": self.eid,
                     "data": f"{self.stem}.f32", "data_bytes": 0,
                     "hash": [], "offset": [], "shape": [], "crc32": []}
@@ -805,11 +826,25 @@ class _ShardWriter:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fh.fileno(), start)
                 raise
-        doc = {**self.doc, "data_bytes": pos,
-               **{col: self.doc[col] + values for col, values in added.items()}}
-        write_text_atomic(self.folder / f"{self.stem}.json", json.dumps(doc, separators=(",", ":")))
+        index = self.folder / f"{self.stem}.json"
+        with _index_lock(self.folder):
+            # A reader may have dropped corrupt entries from our index: start from the file.
+            base = self.doc
+            if index.exists():
+                with contextlib.suppress(OSError, ValueError):
+                    base = json.loads(index.read_text(encoding="utf-8"))
+            doc = {**base, "data_bytes": pos,
+                   **{col: list(base[col]) + values for col, values in added.items()}}
+            write_text_atomic(index, json.dumps(doc, separators=(",", ":")))
         self.doc = doc
         self.data_bytes = pos
+
+
+@contextlib.contextmanager
+def _index_lock(folder: Path) -> Iterator[None]:
+    """Exclusive lock for a read-modify-write of a shard index in ``folder`` (waits)."""
+    with file_lock(folder / ".index.lock", exclusive=True, blocking=True):
+        yield
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
