@@ -24,6 +24,10 @@ def _human(n_bytes: float) -> str:
     return f"{n_bytes:.1f} TiB"  # pragma: no cover
 
 
+def _echo(line: str) -> None:
+    console.print(line, highlight=False)
+
+
 @app.command()
 def extract(
     manifest: Path = typer.Argument(..., help="Manifest (.csv or .parquet)."),
@@ -39,9 +43,21 @@ def extract(
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress",
         help="Show a progress bar (default: when stderr is a terminal)."),
+    executor: str = typer.Option(
+        "local", "--executor", help="local (this process) or ray (manifest split into "
+        "shards, each extracted by a Ray task into the store; needs the ray extra)."),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster: auto, ray://HOST:PORT or HOST:PORT (default: "
+        "a local Ray instance)."),
+    shards: int | None = typer.Option(
+        None, "--shards", min=1, help="Ray tasks (default: two per CPU of the cluster)."),
 ) -> None:
     """Extract features of every manifest row into the store (cached rows are reused)."""
+    from emobridge.experiments.executors import make_executor
     from emobridge.features import FeatureStore, available_extractors, build_extractor, parse_spec
+    from emobridge.features.distributed import extract_with_ray
+
+    make_executor(executor, 1, address)  # refuses unknown names, bad addresses, missing ray
 
     name, params = parse_spec(extractor)
     if device is not None:
@@ -55,8 +71,13 @@ def extract(
     store = FeatureStore(output)
     if progress is None:
         progress = sys.stderr.isatty()
-    report = store.extract(manifest, ext, workers=workers, batch_size=batch_size,
-                           progress=progress, skip_errors=skip_errors)
+    if executor == "ray":
+        report = extract_with_ray(store, manifest, ext, address=address, shards=shards,
+                                  batch_size=batch_size, skip_errors=skip_errors,
+                                  log=_echo if progress else None)
+    else:
+        report = store.extract(manifest, ext, workers=workers, batch_size=batch_size,
+                               progress=progress, skip_errors=skip_errors)
     console.print(report.summary(), soft_wrap=True)
     if report.failures:
         console.print(f"[yellow]{report.failed} files failed:[/]")

@@ -27,15 +27,25 @@ def run(
     skip_errors: bool = typer.Option(
         False, "--skip-errors", help="Leave out audio files that cannot be decoded (counted "
         "and listed in skipped_files.csv) instead of stopping (sets skip_errors)."),
+    executor: str | None = typer.Option(
+        None, "--executor", help="local (processes, default) or ray (each cell a Ray task, "
+        "features extracted in Ray tasks; needs the ray extra); overrides executor."),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster: auto, ray://HOST:PORT or HOST:PORT (default: "
+        "a local Ray instance); overrides address."),
 ) -> None:
     """Run every (task, feature, method, k, seed) cell; finished cells are skipped."""
     from emobridge.experiments import ExperimentError, load_config, run_experiment
+    from emobridge.experiments.executors import make_executor
     from emobridge.experiments.results import display_table
 
+    if executor is not None:  # an unknown name or a missing extra fails before the config
+        make_executor(executor, jobs, address)
     cfg = load_config(config, output_dir=out, device=device, corpora_root=corpora_root)
     if skip_errors:
         cfg.skip_errors = True
-    summary = run_experiment(cfg, jobs=jobs, fail_fast=fail_fast,
+    summary = run_experiment(cfg, jobs=jobs, fail_fast=fail_fast, executor=executor,
+                             address=address,
                              log=lambda line: console.print(line, highlight=False,
                                                             soft_wrap=True),
                              progress=True)

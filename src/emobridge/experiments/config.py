@@ -421,6 +421,11 @@ class ExperimentConfig(_Model):
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads per cell (default: CPU cores / jobs)")
     output_dir: Path | None = None
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where cells run: local processes (--jobs) or Ray tasks")
+    address: str | None = Field(
+        None, description="Ray cluster address for executor: ray (auto, ray://HOST:PORT or "
+        "HOST:PORT; default: a local Ray instance)")
     skip_errors: bool = Field(
         False, description="skip (count and report) audio files that cannot be decoded "
         "instead of stopping the run")
@@ -441,6 +446,15 @@ class ExperimentConfig(_Model):
             raise ValueError(f"seeds must be >= 0, got {v}")
         if len(set(v)) != len(v):
             raise ValueError(f"a seed is listed twice: {v}")
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        from emobridge.experiments.executors import ADDRESS_RE
+
+        if v is not None and not ADDRESS_RE.match(v):
+            raise ValueError(f"expected auto, ray://HOST:PORT or HOST:PORT, got {v!r}")
         return v
 
     @field_validator("device")

@@ -663,9 +663,12 @@ def _plan(cfg: ExperimentConfig, run_dir: Path, logger: Log) -> _Plan:
 
 
 def _extract_features(cfg: ExperimentConfig, plan: _Plan, device: str, progress: bool,
-                      logger: Log) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Extract the features the pending cells need. Returns the feature id per label and
-    the files skipped as undecodable (``cfg.skip_errors``; otherwise they raise)."""
+                      logger: Log, executor: str = "local"
+                      ) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Extract the features the pending cells need (``executor`` ``ray``: sharded over the
+    Ray session the run holds). Returns the feature id per label and the files skipped as
+    undecodable (``cfg.skip_errors``; otherwise they raise)."""
+    from emobridge.features.distributed import extract_with_ray
     from emobridge.features.store import FeatureStore
 
     store = FeatureStore(cfg.features.store)
@@ -676,8 +679,13 @@ def _extract_features(cfg: ExperimentConfig, plan: _Plan, device: str, progress:
         extractor = _build_extractor(spec, device)
         feature_ids[spec.label] = extractor.id
         if spec.label in needed:
-            report = store.extract(plan.manifest, extractor, progress=progress,
-                                   skip_errors=cfg.skip_errors)
+            if executor == "ray":
+                report = extract_with_ray(store, plan.manifest, extractor,
+                                          num_cpus=cfg.threads or 1,
+                                          skip_errors=cfg.skip_errors)
+            else:
+                report = store.extract(plan.manifest, extractor, progress=progress,
+                                       skip_errors=cfg.skip_errors)
             logger(f"features {spec.label}: {report.summary()}")
             for path, reason in report.failures:
                 skipped.setdefault(path, reason)
@@ -702,13 +710,14 @@ def _write_cell_manifest(run_dir: Path, plan: _Plan, skipped: list[tuple[str, st
     return path
 
 
-def _start_info(cfg: ExperimentConfig, device: str, jobs: int) -> dict[str, Any]:
+def _start_info(cfg: ExperimentConfig, device: str, jobs: int, executor: str
+                ) -> dict[str, Any]:
     return {
         "name": cfg.name, "emobridge_version": __version__,
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "python": sys.version.split()[0], "platform": platform.platform(),
         "host": platform.node(), "device": device, "device_requested": cfg.device,
-        "jobs": jobs, "skip_errors": cfg.skip_errors,
+        "jobs": jobs, "executor": executor, "skip_errors": cfg.skip_errors,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -719,6 +728,8 @@ def run_experiment(
     fail_fast: bool = False,
     log: Log | None = print,
     progress: bool = False,
+    executor: str | None = None,
+    address: str | None = None,
 ) -> RunSummary:
     """Run every cell of ``cfg`` not finished yet, then write tables, figures and the report.
 
@@ -736,22 +747,30 @@ def run_experiment(
         Called with each progress line (``None``: silent); lines also go to ``run.log``.
     progress:
         Show progress bars during feature extraction.
+    executor, address:
+        ``local`` (default) or ``ray`` (each cell a Ray task, extraction sharded over Ray
+        tasks; see :mod:`emobridge.experiments.executors`) and the Ray cluster's address;
+        ``None`` takes the config's ``executor`` / ``address``.
 
     Failed cells are listed in :attr:`RunSummary.failures` (the CLI exits with 1).
     SIGINT / SIGTERM stop the workers and raise :class:`KeyboardInterrupt`; finished cells
     stay on disk for the next run.
     """
+    from emobridge.experiments.executors import make_executor
     from emobridge.fileio import prepare_output_dir
     from emobridge.runtime import resolve_device
 
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    executor = executor or cfg.executor
+    cells_executor = make_executor(executor, jobs, address or cfg.address)
     device = resolve_device(cfg.device)
     run_dir = prepare_output_dir(cfg.output_dir, marker="run.json", what="output_dir",
                                  allow=(".lock",))
     started = time.perf_counter()
-    with _run_lock(run_dir), _sigterm_interrupts():
-        info = _start_info(cfg, device, jobs)
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // jobs)
+    with _run_lock(run_dir), _sigterm_interrupts(), cells_executor.session(threads):
+        info = _start_info(cfg, device, jobs, executor)
         write_json_atomic(run_dir / "run.json", info)
         logger = _Logger(run_dir / "run.log", log)
         logger(f"run {cfg.name} -> {run_dir} (device {device})")
@@ -760,16 +779,15 @@ def run_experiment(
         plan = _plan(cfg, run_dir, logger)
         info["corpora_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        feature_ids, skipped = _extract_features(cfg, plan, device, progress, logger)
+        feature_ids, skipped = _extract_features(cfg, plan, device, progress, logger, executor)
         manifest_path = _write_cell_manifest(run_dir, plan, skipped)
         info.update(features_s=time.perf_counter() - t0, n_skipped_files=len(skipped))
         jobs_list = [CellJob(k, plan.tasks[k.task], plan.hashes[k], str(run_dir),
                              str(manifest_path), str(cfg.features.store), feature_ids[k.feature],
                              plan.classes, cfg, device, len(skipped)) for k in plan.pending]
         t0 = time.perf_counter()
-        threads = cfg.threads or max(1, (os.cpu_count() or 1) // jobs)
         try:
-            outcomes = _execute(jobs_list, jobs, threads, fail_fast, logger, plan.manifest)
+            outcomes = cells_executor.run(jobs_list, threads, fail_fast, logger, plan.manifest)
         except KeyboardInterrupt:
             logger("interrupted: finished cells are kept; rerun to compute the rest")
             raise
