@@ -62,7 +62,9 @@ def extract_with_ray(
     paths, durations = _manifest_paths(manifest)
     report = ExtractReport(ext.id, n_rows=len(paths))
     failures: dict[str, str] = {}
-    keys = store._hash_paths(paths, 1, failures if skip_errors else None)
+    # hashing reads every file once: threads (hashlib releases the GIL on large buffers)
+    keys = store._hash_paths(paths, min(8, os.cpu_count() or 1),
+                             failures if skip_errors else None)
     todo = store._plan(ext.id, paths, keys, durations, report, verify)
     store._save_hashes(create=bool(todo), best_effort=not todo)
     if todo:
