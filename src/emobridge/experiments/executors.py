@@ -208,7 +208,9 @@ def _run_ray_cells(ray: Any, jobs_list: list[CellJob], threads: int, fail_fast: 
                 if fail_fast and outcome.status != "ok":
                     raise _fail_fast_error(outcome, refs[ref].run_dir)
     finally:
-        for ref in remaining:  # interrupted or failing fast: stop what has not finished
+        # Interrupted or failing fast: drop the queued cells and kill the running ones (as
+        # the local pool terminates its workers); a killed cell wrote nothing final.
+        for ref in remaining:
             with contextlib.suppress(Exception):
-                ray.cancel(ref)
+                ray.cancel(ref, force=True)
     return outcomes

@@ -145,4 +145,4 @@ def _collect(ray: Any, refs: list[Any], report: ExtractReport, failures: dict[st
     finally:
         for ref in remaining:
             with contextlib.suppress(Exception):
-                ray.cancel(ref)
+                ray.cancel(ref, force=True)
