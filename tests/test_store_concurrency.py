@@ -123,3 +123,22 @@ def test_hash_cache_merges_writers(tmp_path: Path) -> None:
     second._save_hashes()
     saved = pd.read_parquet(root / "hashes.parquet")
     assert sorted(saved["path"]) == sorted(paths)
+
+
+def test_extract_with_given_keys_skips_hashing(tmp_path: Path) -> None:
+    """A shard task gets its files' content hashes from the driver: no hash cache read or
+    written, same entries as hashing them."""
+    import pytest
+
+    from emobridge.audio import file_hash
+    from emobridge.errors import FeatureError
+
+    paths = make_audio(tmp_path / "audio", 3)
+    keys = [file_hash(p) for p in paths]
+    root = tmp_path / "store"
+    with pytest.raises(FeatureError, match="2 content hashes given for 3 rows"):
+        FeatureStore(root).extract(paths, SPEC, progress=False, keys=keys[:2])
+    report = FeatureStore(root).extract(paths, SPEC, progress=False, keys=keys)
+    assert report.computed == 3 and not (root / "hashes.parquet").exists()
+    again = FeatureStore(root).extract(paths, SPEC, progress=False)  # hashes them itself
+    assert again.reused == 3 and again.computed == 0

@@ -75,8 +75,10 @@ def extract_with_ray(
             gpus = 1 if str(ext.params().get("device", "cpu")).startswith("cuda") else 0
             remote = ray.remote(_extract_shard).options(num_cpus=num_cpus, num_gpus=gpus,
                                                         max_retries=0)
-            refs = [remote.remote(str(store.root), [it.path for it in part], ext.spec(),
-                                  ext.id, batch_size, skip_errors) for part in parts]
+            # each task gets its files' content hashes: no re-hashing, no hash-cache read
+            refs = [remote.remote(str(store.root), [(it.path, it.key) for it in part],
+                                  ext.spec(), ext.id, batch_size, skip_errors)
+                    for part in parts]
             _collect(ray, refs, report, failures, log)
     report.failures = sorted(failures.items())
     report.failed = len(report.failures)
@@ -97,20 +99,23 @@ def split_shards(items: list[_Item], n: int, batch_size: int) -> list[list[_Item
     return [[it for batch in batches[i::n] for it in batch] for i in range(n)]
 
 
-def _extract_shard(root: str, paths: list[str], spec: dict[str, Any], eid: str,
+def _extract_shard(root: str, files: list[tuple[str, str]], spec: dict[str, Any], eid: str,
                    batch_size: int, skip_errors: bool) -> dict[str, Any]:
-    """One shard, in a Ray worker: a plain :meth:`FeatureStore.extract` of its files (given
-    without durations, so it keeps their order and batches)."""
+    """One shard, in a Ray worker: a plain :meth:`FeatureStore.extract` of its
+    ``(path, content hash)`` pairs (given without durations, so it keeps their order and
+    batches)."""
     from emobridge.features.registry import build_extractor
 
     ext = build_extractor(spec)
     if ext.id != eid:  # another emobridge version on this node would store elsewhere
         raise FeatureError(f"extractor {spec['name']} is {ext.id} on this node, {eid} on the "
                            "driver: install the same emobridge version on every node")
+    paths = [p for p, _ in files]
     rep = FeatureStore(root).extract(paths, ext, workers=1, batch_size=batch_size,
-                                     progress=False, skip_errors=skip_errors, verify=False)
+                                     progress=False, skip_errors=skip_errors, verify=False,
+                                     keys=[k for _, k in files])
     return {"computed": rep.computed, "audio_seconds": rep.audio_seconds,
-            "failures": rep.failures, "n": len(paths)}
+            "failures": rep.failures, "n": len(files)}
 
 
 def _collect(ray: Any, refs: list[Any], report: ExtractReport, failures: dict[str, str],

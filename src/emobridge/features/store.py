@@ -179,6 +179,7 @@ class FeatureStore:
         *,
         skip_errors: bool = False,
         verify: bool = True,
+        keys: Sequence[str] | None = None,
     ) -> ExtractReport:
         """Compute and store the features of every manifest row not stored yet.
 
@@ -188,6 +189,9 @@ class FeatureStore:
         after everything computed so far has been saved; with ``skip_errors=True`` such files
         are counted in :attr:`ExtractReport.failed` and listed in ``failures`` instead.
         ``verify`` checks the CRC of entries that would be reused (corrupt ones are recomputed).
+        ``keys``: the rows' content hashes when the caller computed them already (a
+        distributed extraction's driver): the files are not hashed again and the hash cache
+        is not read.
         """
         start = time.perf_counter()
         ext = self._resolve(extractor)[1]
@@ -199,8 +203,13 @@ class FeatureStore:
         paths, durations = _manifest_paths(manifest)
         report = ExtractReport(ext.id, n_rows=len(paths))
         failures: dict[str, str] = {}
-        keys = self._hash_paths(paths, workers, failures if skip_errors else None)
-        todo = self._plan(ext.id, paths, keys, durations, report, verify)
+        if keys is None:
+            row_keys = self._hash_paths(paths, workers, failures if skip_errors else None)
+        elif len(keys) != len(paths):
+            raise FeatureError(f"{len(keys)} content hashes given for {len(paths)} rows")
+        else:
+            row_keys = list(keys)
+        todo = self._plan(ext.id, paths, row_keys, durations, report, verify)
         # A store on a read-only medium serves reads: write only when something is computed.
         self._save_hashes(create=bool(todo), best_effort=not todo)
         if todo:
