@@ -59,7 +59,7 @@ def experiment(tmp_path_factory):
 def _args(root, src, tgt, out, *extra):
     args = ["train", "--source", str(src), "--target", str(tgt), "--store",
             str(root / "store"), "--extractor", EXTRACTOR, "--out", str(out), "--seed", "1",
-            "--device", "cpu"]
+            "--device", "cpu", "--method", "source_only"]  # a later --method wins
     for p in TINY:
         args += ["--param", p]
     return args + list(extra)
@@ -121,3 +121,17 @@ def test_few_shot_and_errors(experiment, capsys):
     assert "unknown parameters ['epochz']" in capsys.readouterr().err
     assert main(_args(root, src, tgt, root / "bad", "--extractor", "logmel:n_mels=40")) == 1
     assert "no stored features" in capsys.readouterr().err
+
+
+def test_recommended_is_the_default_method(experiment, capsys):
+    root, src, tgt = experiment
+    out = root / "recommended"
+    spec = "opensmile:feature_set=eGeMAPSv02,feature_level=functionals"  # 88 = 1 view
+    args = ["train", "--source", str(src), "--target", str(tgt), "--store", str(root / "store"),
+            "--extractor", spec, "--out", str(out), "--compute-missing", "-p", "views=1",
+            "-p", "normalise=per_corpus"]
+    assert main(args) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "recommended" and metrics["test"]["ua"] > 0.5
+    assert json.loads((out / "config.json").read_text())["params"]["rounds"] == \
+        [0.2, 0.4, 0.6, 0.8]

@@ -70,8 +70,9 @@ Opt = typer.Option
 SourceOpt = Annotated[Path, Opt("--source", help="Source-language manifest.")]
 TargetOpt = Annotated[Path, Opt("--target", help="Target-language manifest.")]
 StoreOpt = Annotated[Path, Opt("--store", help="Feature store folder.")]
-ExtractorOpt = Annotated[str, Opt("--extractor", "-e",
-                                  help="Extractor spec, e.g. 'logmel:preset=nnpm'.")]
+ExtractorOpt = Annotated[str | None, Opt(
+    "--extractor", "-e", help="Extractor spec, e.g. 'logmel:preset=nnpm'; default: the "
+    "method's own features (the recommended recipe's Whisper layers).")]
 OutOpt = Annotated[Path, Opt("--out", "-o", help="Output folder (new, or one made by "
                              "emobridge train).")]
 MethodOpt = Annotated[str, Opt("--method", "-m", help="Method name.")]
@@ -104,8 +105,8 @@ ProgressOpt = Annotated[bool, Opt("--progress", help="Show a progress bar.")]
 
 
 def train(
-    source: SourceOpt, target: TargetOpt, store: StoreOpt, extractor: ExtractorOpt,
-    out: OutOpt, method: MethodOpt = "source_only", param: ParamOpt = None,
+    source: SourceOpt, target: TargetOpt, store: StoreOpt, out: OutOpt,
+    extractor: ExtractorOpt = None, method: MethodOpt = "recommended", param: ParamOpt = None,
     label_set: LabelSetOpt = "4class", map_: MapOpt = None, map_source: MapSourceOpt = None,
     map_target: MapTargetOpt = None, target_labelled_k: KOpt = 0,
     target_ratios: RatiosOpt = "0.6,0.2,0.2", validation: ValidationOpt = "source",
@@ -131,6 +132,9 @@ def train(
     if resume:
         defaults.update(checkpoint_dir=str(out / "checkpoints"), resume=True)
     cls, model = _build(method, param or [], defaults)
+    extractor = extractor or cls.default_features
+    if extractor is None:
+        raise ConfigError(f"method {method!r} has no default features: give -e SPEC")
     prepare_output_dir(out, marker="run.json", allow=(".lock",))
     k: int | str = "all" if needs_target_labels(cls) else target_labelled_k
     data = load_experiment_data(

@@ -24,5 +24,6 @@ import emobridge.methods.mmd  # noqa: E402, F401
 import emobridge.methods.nnpm  # noqa: E402, F401
 import emobridge.methods.pseudo_label  # noqa: E402, F401
 import emobridge.methods.random_forest  # noqa: E402, F401
+import emobridge.methods.recommended  # noqa: E402, F401
 import emobridge.methods.source_only  # noqa: E402, F401
 import emobridge.methods.supervised  # noqa: E402, F401

@@ -31,6 +31,9 @@ class AdaptationMethod(ABC):
     #: ``True`` for methods that train on every labelled target utterance (the supervised
     #: upper bound) rather than on the ``k`` few-shot ones; the cell pipeline reads it.
     needs_target_labels: ClassVar[bool] = False
+    #: The extractor spec a method is designed for (``emobridge train`` uses it when no
+    #: ``-e`` is given); ``None``: any features.
+    default_features: ClassVar[str | None] = None
 
     @abstractmethod
     def fit(

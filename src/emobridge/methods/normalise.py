@@ -37,6 +37,10 @@ class FeatureNormaliser:
     ``none``
         Features pass through unchanged (as float32).
 
+    ``min_speaker_utterances`` (per-speaker mode): a speaker with fewer utterances than this
+    is standardised with its language's statistics instead of its own (stored from fitting,
+    else those of the data being predicted); the default 1 keeps every speaker on its own.
+
     Per-corpus / per-speaker z-scoring helps cross-corpus transfer a lot: it removes much of the
     recording-condition and speaker shift. Target statistics estimated from unlabelled target
     data are legitimate in unsupervised adaptation (no labels are read). Dimensions with a std
@@ -45,11 +49,16 @@ class FeatureNormaliser:
 
     MODES = ("global", "per_corpus", "per_speaker", "none")
 
-    def __init__(self, mode: Normalise = "global", eps: float = 1e-5) -> None:
+    def __init__(self, mode: Normalise = "global", eps: float = 1e-5,
+                 min_speaker_utterances: int = 1) -> None:
         if mode not in self.MODES:
             raise ConfigError(f"normalise must be one of {self.MODES}, got {mode!r}")
+        if not isinstance(min_speaker_utterances, int) or min_speaker_utterances < 1:
+            raise ConfigError(f"min_speaker_utterances must be an int >= 1, got "
+                              f"{min_speaker_utterances!r}")
         self.mode = mode
         self.eps = eps
+        self.min_speaker_utterances = min_speaker_utterances
         self.stats_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @staticmethod
@@ -71,10 +80,21 @@ class FeatureNormaliser:
 
     def _keys(self, data: EmotionData) -> np.ndarray:
         if self.mode == "per_corpus":
-            return np.asarray([str(v) for v in data.languages], dtype=object)
+            return self._language_keys(data)
         if self.mode == "per_speaker":
-            return np.asarray([str(v) for v in data.speakers], dtype=object)
+            keys = np.asarray([str(v) for v in data.speakers], dtype=object)
+            if self.min_speaker_utterances > 1:  # small speakers fall back to their language
+                names, counts = np.unique(keys.astype(str), return_counts=True)
+                small = set(names[counts < self.min_speaker_utterances])
+                languages = self._language_keys(data)
+                keys = np.where([k in small for k in keys], languages, keys)
+            return keys
         return np.full(len(data), "__all__", dtype=object)
+
+    @staticmethod
+    def _language_keys(data: EmotionData) -> np.ndarray:
+        # prefixed so that a language never shares a key with a speaker id
+        return np.asarray([f"language:{v}" for v in data.languages], dtype=object)
 
     def fit(self, datasets: Sequence[EmotionData]) -> FeatureNormaliser:
         """Fit statistics on the union of ``datasets`` (``None`` entries ignored)."""
@@ -82,11 +102,14 @@ class FeatureNormaliser:
         if not datasets:
             raise EmobridgeError("FeatureNormaliser.fit: no data")
         self.stats_ = {}
-        if self.mode in ("none", "per_speaker"):
+        if self.mode == "none" or (self.mode == "per_speaker"
+                                   and self.min_speaker_utterances == 1):
             return self
         groups: dict[str, list[np.ndarray]] = {}
         for d in datasets:
-            for key, f in zip(self._keys(d), d.features, strict=True):
+            # per speaker, only the language fallbacks are stored (speakers use their own data)
+            keys = self._language_keys(d) if self.mode == "per_speaker" else self._keys(d)
+            for key, f in zip(keys, d.features, strict=True):
                 groups.setdefault(key, []).append(f)
         self.stats_ = {k: self._stats(v, self.eps) for k, v in groups.items()}
         return self
@@ -109,11 +132,12 @@ class FeatureNormaliser:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "eps": self.eps,
+                "min_speaker_utterances": self.min_speaker_utterances,
                 "stats": {k: [m.tolist(), s.tolist()] for k, (m, s) in self.stats_.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureNormaliser:
-        norm = cls(d["mode"], d.get("eps", 1e-5))
+        norm = cls(d["mode"], d.get("eps", 1e-5), d.get("min_speaker_utterances", 1))
         norm.stats_ = {k: (np.asarray(m, np.float32), np.asarray(s, np.float32))
                        for k, (m, s) in d.get("stats", {}).items()}
         return norm

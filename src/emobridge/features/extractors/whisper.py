@@ -48,6 +48,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from emobridge.audio import normalise_level
 from emobridge.errors import FeatureError
 from emobridge.features.base import Extractor
 from emobridge.features.extractors._common import as_mono_float32, check_choice, resolve_device
@@ -129,6 +130,11 @@ class WhisperExtractor(Extractor):
     cache_dir:
         Cache root for the joined offline model (default ``$EMOBRIDGE_CACHE`` or
         ``~/.cache/emobridge``); not part of :attr:`id`.
+    level, level_dbfs:
+        ``"rms"`` (or ``"peak"``) scales each waveform to ``level_dbfs`` dB re full scale
+        before the encoder (:func:`~emobridge.audio.normalise_level`), so features do not
+        depend on each corpus's recording level (the recommended recipe uses ``rms`` at
+        -25 dBFS); ``"none"`` (default) leaves the audio as it is.
     """
 
     name = "whisper"
@@ -139,7 +145,8 @@ class WhisperExtractor(Extractor):
                  compute_type: str | None = None,
                  input_window: Literal["utterance", "30s"] = "utterance",
                  device: str = "cpu", batch_size: int = 8, num_threads: int = 0,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, level: str = "none",
+                 level_dbfs: float = -25.0) -> None:
         if not isinstance(model, str) or not model:
             raise FeatureError(f"whisper: model must be 'base', a folder or a hub id, "
                                f"got {model!r}")
@@ -152,6 +159,12 @@ class WhisperExtractor(Extractor):
                                f"backend='torch'")
         check_choice("whisper", "pooling", pooling, ("none", "mean", "meanstd"))
         check_choice("whisper", "input_window", input_window, ("utterance", "30s"))
+        check_choice("whisper", "level", level, ("none", "rms", "peak"))
+        if isinstance(level_dbfs, bool) or not isinstance(level_dbfs, (int, float)) \
+                or not -80 <= level_dbfs <= 0:
+            raise FeatureError(f"whisper: level_dbfs must be a number of dBFS in [-80, 0], "
+                               f"got {level_dbfs!r}")
+        self.level, self.level_dbfs = level, float(level_dbfs)
         layer = self._check_layer(layer)
         if backend == "ct2" and layer not in (-1, [-1]):
             raise FeatureError(f"whisper: backend 'ct2' returns only the last encoder layer "
@@ -202,9 +215,12 @@ class WhisperExtractor(Extractor):
         return "frames" if self.pooling == "none" else "vector"
 
     def params(self) -> dict[str, Any]:
-        return {"model": self.model, "backend": self.backend, "layer": self.layer,
-                "pooling": self.pooling, "compute_type": self.compute_type,
-                "input_window": self.input_window}
+        params = {"model": self.model, "backend": self.backend, "layer": self.layer,
+                  "pooling": self.pooling, "compute_type": self.compute_type,
+                  "input_window": self.input_window}
+        if self.level != "none":  # only when on, so earlier feature ids stay valid
+            params.update(level=self.level, level_dbfs=self.level_dbfs)
+        return params
 
     # -- model loading ------------------------------------------------------------------------
 
@@ -258,6 +274,8 @@ class WhisperExtractor(Extractor):
         windows: list[tuple[int, torch.Tensor, int]] = []
         for i, wave in enumerate(waves):
             wave = as_mono_float32(wave, sample_rate_hz, SAMPLE_RATE_HZ, "whisper")
+            if self.level != "none":
+                wave = normalise_level(wave, self.level, self.level_dbfs)
             windows.extend((i, mel, keep) for mel, keep in self._mel_windows(wave, i))
         if self.backend == "ct2":
             outputs = self._encode_ct2([w[1] for w in windows])

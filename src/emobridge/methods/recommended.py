@@ -1,0 +1,276 @@
+"""The recommended cross-lingual recipe (``method: recommended``).
+
+What it is, in the order the data flow through it (measured in ``benchmarks/RESULTS.md``,
+"grid", with an ablation that adds one ingredient at a time):
+
+1. **Features** (:data:`RECIPE_FEATURES`): the offline Whisper-base encoder, each waveform
+   first scaled to -25 dBFS RMS (corpora are recorded and post-processed at very different
+   levels: EMO-DB is peak-normalised, RAVDESS is not), hidden states of layers 2, 3 and 4 of
+   6, each mean-pooled over the utterance's frames and concatenated (3 x 512 dims). The
+   middle layers carry paralinguistic cues; the last layer is tuned to words and transfers
+   worst across languages.
+2. **Normalisation**: each layer's block is z-scored per speaker (speakers with fewer than
+   ``min_speaker_utterances`` utterances use their corpus's statistics), unless the data
+   suggest that speakers are confounded with emotions, where per-speaker statistics would
+   erase the emotion itself; then per corpus (``normalise="auto"``, see
+   :meth:`Recommended.choose_normalisation`). Target statistics come from the unlabelled
+   target audio (no label is read).
+3. **Classifier**: one class-balanced logistic regression (``C``) per layer block; their
+   probabilities are averaged (a layer ensemble).
+4. **Self-training** on the unlabelled target: ``rounds`` rounds; round r pseudo-labels the
+   fraction ``rounds[r]`` of the target pool with an *equal count per class* (the top
+   utterances by that class's probability: robust to the class-prior shift between
+   corpora, since no class can take over the pool) and refits each block's classifier on
+   source + pseudo-labels (+ the ``k`` labelled target utterances, when given). There is no
+   early stopping, so the final model is the self-trained one: model selection on source
+   accuracy would favour the unadapted model by construction.
+
+Every hyper-parameter was fixed before the grid was scored, from the references of issue 17
+(layer 3, C = 0.1, 4 rounds of 20/40/60/80 %) and leave-one-source-corpus-out checks; no
+target test label chooses anything. Transductive by design: the target statistics and
+pseudo-labels use the target pool the caller passes as ``target_unlabelled``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from emobridge.errors import ConfigError, EmobridgeError, EmobridgeWarning
+from emobridge.fileio import write_json_atomic
+from emobridge.methods.base import AdaptationMethod, available_methods, register_method
+from emobridge.methods.data import EmotionData
+from emobridge.methods.normalise import FeatureNormaliser
+
+#: The recipe's features: Whisper base, RMS-levelled audio, layers 2-4 mean-pooled.
+RECIPE_FEATURES = "whisper:backend=torch,layer=[2,3,4],pooling=mean,level=rms"
+
+NormaliseChoice = Literal["auto", "per_speaker", "per_corpus"]
+
+
+@register_method
+class Recommended(AdaptationMethod):
+    """Layer-ensemble logistic regression with class-balanced self-training (module
+    docstring). Vectors only (one per utterance), e.g. :data:`RECIPE_FEATURES`.
+
+    Parameters
+    ----------
+    views:
+        Number of equal feature blocks (one per encoder layer), each with its own classifier.
+    C:
+        Inverse L2 strength of each logistic regression.
+    rounds:
+        Fractions of the target pool pseudo-labelled in each self-training round (empty: no
+        self-training).
+    normalise:
+        ``"auto"`` (per speaker unless speakers look confounded with emotions),
+        ``"per_speaker"`` or ``"per_corpus"``.
+    min_speaker_utterances:
+        Speakers with fewer utterances use their corpus's statistics.
+    confound_share:
+        ``"auto"``: speakers count as confounded when, for the median speaker, one class takes
+        more than this share of its utterances (labels on the source, predictions of a
+        per-corpus model on the target).
+    max_iter:
+        Iterations of each logistic regression.
+    seed:
+        Recorded for the contract; the fits are deterministic.
+    """
+
+    name = "recommended"
+    default_features = RECIPE_FEATURES
+
+    def __init__(
+        self,
+        *,
+        views: int = 3,
+        C: float = 0.1,
+        rounds: Sequence[float] = (0.2, 0.4, 0.6, 0.8),
+        normalise: NormaliseChoice = "auto",
+        min_speaker_utterances: int = 8,
+        confound_share: float = 0.6,
+        max_iter: int = 2000,
+        seed: int = 0,
+    ) -> None:
+        self._store_params(locals())
+
+    # -- checks and data -----------------------------------------------------------------
+    def _check(self, source: EmotionData) -> None:
+        self.check_param_types()
+        if not isinstance(self.views, int) or self.views < 1:
+            raise ConfigError(f"recommended: views must be an int >= 1, got {self.views!r}")
+        if any(not 0 < float(r) <= 1 for r in self.rounds):
+            raise ConfigError(f"recommended: rounds must be fractions in (0, 1], got "
+                              f"{list(self.rounds)}")
+        if not 0 < self.confound_share <= 1:
+            raise ConfigError(f"recommended: confound_share must be in (0, 1], got "
+                              f"{self.confound_share!r}")
+        if not len(source) or not source.is_labelled:
+            raise EmobridgeError("recommended: source data must be non-empty and labelled")
+        if source.is_sequence:
+            raise ConfigError("recommended: needs one vector per utterance (pooled features, "
+                              f"e.g. {RECIPE_FEATURES!r}); got frame sequences")
+        if source.dim % self.views:
+            raise ConfigError(f"recommended: {source.dim} feature dims do not split into "
+                              f"views={self.views} equal blocks")
+
+    def _blocks(self, data: EmotionData) -> list[np.ndarray]:
+        """The standardised feature blocks of ``data`` (one per view)."""
+        if not len(data) or data.dim != self.input_dim_:
+            raise EmobridgeError(f"recommended: expects vectors of {self.input_dim_} dims, got "
+                                 f"{len(data)} rows of {data.dim if len(data) else 0}")
+        x = self.normaliser_.transform(data).stacked().astype(np.float64)
+        return np.split(x, self.views, axis=1)
+
+    def _normaliser(self, mode: str, parts: Sequence[EmotionData]) -> FeatureNormaliser:
+        return FeatureNormaliser(mode, min_speaker_utterances=self.min_speaker_utterances
+                                 if mode == "per_speaker" else 1).fit(parts)
+
+    # -- the recipe ----------------------------------------------------------------------
+    def _fit_blocks(self, blocks: list[np.ndarray], labels: np.ndarray) -> list:
+        from sklearn.linear_model import LogisticRegression
+
+        return [LogisticRegression(C=self.C, class_weight="balanced", max_iter=self.max_iter)
+                .fit(b, labels) for b in blocks]
+
+    def _proba(self, models: list, blocks: list[np.ndarray]) -> np.ndarray:
+        n = len(self.classes_)
+        out = np.zeros((len(blocks[0]), n))
+        for m, b in zip(models, blocks, strict=True):
+            p = m.predict_proba(b)
+            out[:, m.classes_] += p  # a class absent from training keeps probability 0
+        return out / len(models)
+
+    @staticmethod
+    def _balanced_pick(proba: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        """Equal count per class: the top ``fraction * n / classes`` rows of each class's
+        probability (a row may be picked for two classes; both labels are kept, as in the
+        references)."""
+        per = int(fraction * len(proba) / proba.shape[1])
+        rows = [np.argsort(-proba[:, c], kind="stable")[:per] for c in range(proba.shape[1])]
+        labels = [np.full(len(r), c) for c, r in enumerate(rows)]
+        return np.concatenate(rows), np.concatenate(labels)
+
+    def fit(self, source: EmotionData, target_unlabelled: EmotionData | None = None,
+            target_labelled: EmotionData | None = None,
+            validation: EmotionData | None = None) -> Recommended:
+        """Normalise, fit the layer ensemble on source (+ ``target_labelled``), then
+        self-train on ``target_unlabelled`` (its labels are never read). ``validation`` is
+        not used: nothing is selected on it."""
+        self._check(source)
+        self.classes_, self.input_dim_ = tuple(source.classes), source.dim
+        labelled = [d for d in (source, target_labelled) if d is not None and len(d)]
+        target = target_unlabelled if target_unlabelled is not None and len(
+            target_unlabelled) else None
+        self.normalisation_ = self.choose_normalisation(labelled, target)
+        self.normaliser_ = self._normaliser(self.normalisation_, labelled + [target] * bool(target))
+        train = EmotionData.concat(labelled)
+        blocks, labels = self._blocks(train), train.labels
+        self.models_ = self._fit_blocks(blocks, labels)
+        self.pseudo_labels_: list[dict[str, float]] = []
+        if target is not None:
+            tblocks = self._blocks(target)
+            for fraction in self.rounds:
+                rows, pseudo = self._balanced_pick(self._proba(self.models_, tblocks), fraction)
+                self.models_ = self._fit_blocks(
+                    [np.vstack([b, t[rows]]) for b, t in zip(blocks, tblocks, strict=True)],
+                    np.concatenate([labels, pseudo]))
+                self.pseudo_labels_.append({"fraction": float(fraction), "rows": len(rows)})
+        return self
+
+    def choose_normalisation(self, labelled: Sequence[EmotionData],
+                             target: EmotionData | None) -> str:
+        """``normalise`` unless it is ``"auto"``; then ``"per_speaker"`` unless the labelled
+        data's speakers, or the target's speakers as a per-corpus model sees them, are
+        confounded with emotions (the median speaker with more than ``confound_share`` of
+        its utterances in one class), which warns and gives ``"per_corpus"``."""
+        if self.normalise != "auto":
+            return self.normalise
+        train = EmotionData.concat(list(labelled))
+        if _median_top_share(train.speakers, train.labels) > self.confound_share:
+            return _confounded("the labelled data")
+        if target is not None:
+            self.normaliser_ = self._normaliser("per_corpus", list(labelled) + [target])
+            models = self._fit_blocks(self._blocks(train), train.labels)
+            predicted = self._proba(models, self._blocks(target)).argmax(axis=1)
+            if _median_top_share(target.speakers, predicted) > self.confound_share:
+                return _confounded("the target data")
+        return "per_speaker"
+
+    # -- prediction and persistence ------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "models_"):
+            raise EmobridgeError("recommended: call fit() (or load()) first")
+
+    def predict_proba(self, data: EmotionData) -> np.ndarray:
+        self._check_fitted()
+        return self._proba(self.models_, self._blocks(data))
+
+    def embed(self, data: EmotionData) -> np.ndarray:
+        """The standardised vectors the classifiers see (all blocks side by side)."""
+        self._check_fitted()
+        return np.hstack(self._blocks(data))
+
+    def save(self, directory: str | Path) -> Path:
+        """``method.json``: parameters, normaliser and every classifier's coefficients
+        (plain JSON; nothing is pickled)."""
+        from emobridge import __version__
+
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(directory / "method.json", {
+            "method": self.name, "params": self.get_params(), "classes": list(self.classes_),
+            "input_dim": self.input_dim_, "normalisation": self.normalisation_,
+            "normaliser": self.normaliser_.to_dict(), "emobridge_version": __version__,
+            "models": [{"coef": m.coef_.tolist(), "intercept": m.intercept_.tolist(),
+                        "classes": m.classes_.tolist()} for m in self.models_]})
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> Recommended:
+        """Rebuild a method written by :meth:`save` (``device`` is ignored: CPU only)."""
+        from sklearn.linear_model import LogisticRegression
+
+        path = Path(directory) / "method.json"
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            if available_methods().get(meta.get("method")) is not cls:
+                raise EmobridgeError(f"{path}: holds method {meta.get('method')!r}, not "
+                                     f"{cls.name!r}")
+            method = cls(**{k: v for k, v in meta["params"].items() if k in cls.param_names()})
+            method.classes_, method.input_dim_ = tuple(meta["classes"]), int(meta["input_dim"])
+            method.normalisation_ = meta["normalisation"]
+            method.normaliser_ = FeatureNormaliser.from_dict(meta["normaliser"])
+            method.models_ = []
+            for m in meta["models"]:
+                lr = LogisticRegression()
+                lr.coef_, lr.intercept_ = np.asarray(m["coef"]), np.asarray(m["intercept"])
+                lr.classes_ = np.asarray(m["classes"])
+                method.models_.append(lr)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise EmobridgeError(f"{path}: not a readable recommended model ({exc})") from None
+        return method
+
+
+def _median_top_share(speakers: np.ndarray, labels: np.ndarray) -> float:
+    """For each speaker, the share of its utterances in its most frequent class; the
+    median over speakers (0 when there is no speaker)."""
+    shares = []
+    for s in np.unique(np.asarray(speakers, dtype=str)):
+        counts = np.bincount(np.asarray(labels)[np.asarray(speakers, dtype=str) == s])
+        shares.append(counts.max() / counts.sum())
+    return float(np.median(shares)) if shares else 0.0
+
+
+def _confounded(where: str) -> str:
+    import warnings
+
+    warnings.warn(f"recommended: in {where} most speakers carry mostly one emotion, so "
+                  "per-speaker normalisation would erase the emotion; normalising per corpus "
+                  "instead", EmobridgeWarning, stacklevel=3)
+    return "per_corpus"

@@ -1,0 +1,104 @@
+"""The recommended recipe: layer ensemble, normalisation choice, self-training, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emobridge.errors import ConfigError, EmobridgeError, EmobridgeWarning
+from emobridge.features.registry import build_extractor
+from emobridge.methods import EmotionData, build_method
+from emobridge.methods.recommended import RECIPE_FEATURES, Recommended
+from emobridge.metrics import unweighted_average_recall
+
+CLASSES = ("anger", "happiness", "neutral", "sadness")
+
+
+def _domain(rng, lang, speakers, per_class, shift, confound=False, dims=12):
+    """Vectors whose class means differ; each speaker adds its own offset; the domain
+    adds ``shift``. ``confound``: each speaker records a single class."""
+    means = rng.normal(0, 1.5, (4, dims // 3))
+    feats, labels, spk = [], [], []
+    for s in range(speakers):
+        offset = rng.normal(0, 2.0, dims)
+        classes = [s % 4] if confound else range(4)
+        for c in classes:
+            for _ in range(per_class * (4 if confound else 1)):
+                x = np.tile(means[c], 3) + offset + shift + rng.normal(0, 0.7, dims)
+                feats.append(x.astype(np.float32))
+                labels.append(c)
+                spk.append(f"{lang}:{s}")
+    n = len(feats)
+    return EmotionData(feats, np.array(labels), np.array(spk), np.full(n, lang),
+                       np.array([f"{lang}{i}" for i in range(n)]), CLASSES), means
+
+
+def test_recipe_features_build_and_params_are_explicit():
+    ext = build_extractor(RECIPE_FEATURES)
+    assert ext.params()["level"] == "rms" and ext.params()["layer"] == [2, 3, 4]
+    assert build_extractor("whisper:backend=torch,layer=3").id != build_extractor(
+        "whisper:backend=torch,layer=3,level=rms").id
+    assert "rounds" in Recommended.param_names() and "C" in Recommended.param_names()
+
+
+def test_self_training_is_used_and_labels_are_not_read():
+    rng = np.random.default_rng(0)
+    src, _ = _domain(rng, "aa", 8, 10, shift=0.0)
+    tgt, _ = _domain(np.random.default_rng(0), "bb", 6, 10, shift=3.0)  # same class means
+    hidden = tgt.without_labels()
+    method = build_method("recommended").fit(src, hidden)
+    assert method.normalisation_ == "per_speaker"
+    assert [r["fraction"] for r in method.pseudo_labels_] == [0.2, 0.4, 0.6, 0.8]
+    proba = method.predict_proba(tgt)
+    assert proba.shape == (len(tgt), 4) and np.allclose(proba.sum(1), 1)
+    assert unweighted_average_recall(tgt.labels, proba.argmax(1)) > 0.8
+    # labels left on the unlabelled pool change nothing: the recipe never reads them
+    again = build_method("recommended").fit(src, tgt)
+    assert np.array_equal(again.predict_proba(tgt), proba)
+
+
+def test_auto_normalisation_refuses_per_speaker_on_confounded_target():
+    rng = np.random.default_rng(1)
+    src, _ = _domain(rng, "aa", 8, 10, shift=0.0)
+    tgt, _ = _domain(np.random.default_rng(1), "bb", 8, 10, shift=1.0, confound=True)
+    with pytest.warns(EmobridgeWarning, match="per-speaker normalisation would erase"):
+        method = build_method("recommended").fit(src, tgt.without_labels())
+    assert method.normalisation_ == "per_corpus"
+    forced = build_method("recommended", normalise="per_speaker").fit(src, tgt.without_labels())
+    ua_auto = unweighted_average_recall(tgt.labels, method.predict(tgt))
+    ua_forced = unweighted_average_recall(tgt.labels, forced.predict(tgt))
+    assert ua_auto > ua_forced + 0.2  # per-speaker z-scoring erased the emotion
+
+
+def test_k_labelled_and_no_target():
+    rng = np.random.default_rng(2)
+    src, _ = _domain(rng, "aa", 6, 8, shift=0.0)
+    tgt, _ = _domain(np.random.default_rng(2), "bb", 4, 8, shift=2.0)
+    few = tgt.subset(np.arange(0, len(tgt), 8))
+    method = build_method("recommended", rounds=[]).fit(src, None, few)
+    assert method.pseudo_labels_ == []
+    assert method.predict_proba(tgt).shape == (len(tgt), 4)
+
+
+def test_bad_inputs_are_one_line_errors():
+    rng = np.random.default_rng(3)
+    src, _ = _domain(rng, "aa", 4, 4, shift=0.0)
+    with pytest.raises(ConfigError, match="do not split into views=5"):
+        build_method("recommended", views=5).fit(src)
+    with pytest.raises(ConfigError, match="rounds must be fractions"):
+        build_method("recommended", rounds=[0.5, 2.0]).fit(src)
+    with pytest.raises(EmobridgeError, match="call fit"):
+        build_method("recommended").predict_proba(src)
+
+
+def test_save_load_round_trip(tmp_path):
+    rng = np.random.default_rng(4)
+    src, _ = _domain(rng, "aa", 6, 8, shift=0.0)
+    tgt, _ = _domain(np.random.default_rng(4), "bb", 4, 8, shift=2.0)
+    method = build_method("recommended").fit(src, tgt.without_labels())
+    method.save(tmp_path / "m")
+    loaded = Recommended.load(tmp_path / "m")
+    assert np.array_equal(loaded.predict_proba(tgt), method.predict_proba(tgt))
+    (tmp_path / "m" / "method.json").write_text("{broken")
+    with pytest.raises(EmobridgeError, match="not a readable recommended model"):
+        Recommended.load(tmp_path / "m")
