@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,4 +57,35 @@ def tone(path: Path, emotion: str = "anger", duration_s: float = 0.5, seed: int 
     return write_tone(path, duration_s=duration_s, f0_hz=F0[emotion], seed=seed)
 
 
-__all__ = ["CLASSES", "EXTRACTOR", "F0", "build_tiny_bundle", "shared_tiny_bundle", "tone"]
+__all__ = ["CLASSES", "EXTRACTOR", "F0", "build_tiny_bundle", "running_server",
+           "shared_tiny_bundle", "tone"]
+
+
+@contextlib.contextmanager
+def running_server(app: Any) -> Iterator[str]:
+    """``app`` served by a real uvicorn server on a free loopback port (in a thread); yields
+    its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -11,8 +11,8 @@ Uploads stay in memory (Starlette spools a large part to an anonymous temporary 
 and so removed when the request ends); nothing is written elsewhere.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations
+# (``request: Request``, imported inside create_app) at definition time.
 import asyncio
 import io
 from dataclasses import asdict, dataclass
@@ -40,7 +40,7 @@ class ServiceLimits:
     timeout_s: float = 60.0
     retry_after_s: int = 2
 
-    def check(self) -> ServiceLimits:
+    def check(self) -> "ServiceLimits":
         for name, value in asdict(self).items():
             low = 0 if name == "max_queue" else 1e-9
             if not isinstance(value, (int, float)) or value < low:
