@@ -3,6 +3,7 @@ websocket package, no browser download): drives Debian's ``chromium`` headless."
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -103,10 +104,8 @@ class PipeBrowser:
         self.send("DOM.setFileInputFiles", {"files": [str(path)], "nodeId": node}, session)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
             self.send("Browser.close", timeout=5)
-        except (OSError, RuntimeError, TimeoutError):
-            pass
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
