@@ -101,6 +101,35 @@ def _options(form: Any) -> dict[str, Any]:
     return {"segment": segment, "window": window, "hop": hop}
 
 
+async def _read_upload(request: Any, limits: ServiceLimits
+                       ) -> tuple[bytes, str, dict[str, Any]]:
+    """The ``file`` field's bytes, its base name and the options of a multipart request;
+    :class:`UploadError` for a body too large, not multipart, or without the field."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limits.max_upload_bytes + _FORM_OVERHEAD:
+        raise UploadError(413, f"upload of {int(length)} bytes is larger than the limit of "
+                          f"{limits.max_upload_bytes} bytes")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UploadError(400, "send the audio as multipart/form-data in a field named 'file'")
+    try:
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise UploadError(400, "no file field: send the audio in a multipart field "
+                                  "named 'file'")
+            data = await upload.read(limits.max_upload_bytes + 1)
+            name = Path(upload.filename or "upload").name
+            options = _options(form)
+    except UploadError:
+        raise
+    except Exception as exc:  # malformed multipart bodies
+        raise UploadError(400, f"malformed multipart upload ({exc})") from None
+    if len(data) > limits.max_upload_bytes:
+        raise UploadError(413, f"{name}: larger than the limit of {limits.max_upload_bytes} "
+                          "bytes")
+    return data, name, options
+
+
 def _infer(recognizer: Any, wave: np.ndarray, name: str, options: dict[str, Any]
            ) -> dict[str, Any]:
     """The response body for one decoded upload (runs in a worker thread)."""
@@ -164,6 +193,7 @@ def create_app(recognizer: Any, limits: ServiceLimits | None = None) -> Any:
     """The FastAPI application serving ``recognizer`` within ``limits``."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.concurrency import run_in_threadpool
 
     limits = (limits or ServiceLimits()).check()
     gate = _Gate(limits)
@@ -190,32 +220,10 @@ def create_app(recognizer: Any, limits: ServiceLimits | None = None) -> Any:
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> dict[str, Any]:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limits.max_upload_bytes + \
-                _FORM_OVERHEAD:
-            raise UploadError(413, f"upload of {int(length)} bytes is larger than the limit "
-                              f"of {limits.max_upload_bytes} bytes")
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise UploadError(400, "send the audio as multipart/form-data in a field "
-                              "named 'file'")
-        try:
-            form_cm = request.form(max_files=1, max_fields=8)
-            async with form_cm as form:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise UploadError(400, "no file field: send the audio in a multipart "
-                                      "field named 'file'")
-                data = await upload.read(limits.max_upload_bytes + 1)
-                name = Path(upload.filename or "upload").name
-                options = _options(form)
-        except UploadError:
-            raise
-        except Exception as exc:  # malformed multipart bodies
-            raise UploadError(400, f"malformed multipart upload ({exc})") from None
-        if len(data) > limits.max_upload_bytes:
-            raise UploadError(413, f"{name}: larger than the limit of "
-                              f"{limits.max_upload_bytes} bytes")
-        wave = decode_upload(data, name, limits, recognizer.sample_rate_hz)
+        data, name, options = await _read_upload(request, limits)
+        # decoding and resampling off the event loop (other requests keep being answered)
+        wave = await run_in_threadpool(decode_upload, data, name, limits,
+                                       recognizer.sample_rate_hz)
         del data
         try:
             return await gate.run(_infer, recognizer, wave, name, options)
