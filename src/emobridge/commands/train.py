@@ -127,7 +127,8 @@ def train(
 ) -> None:
     """Train a method on the source, adapt to the target, evaluate on held-out target
     speakers (one cell of ``emobridge run``); write run.json, config.json, metrics.json,
-    predictions.csv, history.csv to OUT."""
+    predictions.csv, history.csv and the model bundle OUT/model (for emobridge predict)
+    to OUT."""
     from emobridge.fileio import prepare_output_dir, write_json_atomic
     from emobridge.methods.runner import (
         environment,
