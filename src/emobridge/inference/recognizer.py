@@ -250,22 +250,26 @@ class Recognizer:
 
     def _predict_domain(self, paths: Sequence[str], on_item: Callable[[], None] | None
                         ) -> Iterator[Prediction | tuple[str, str]]:
-        read = self._read_batch(paths, on_item)
-        ok = [(p, w) for p, w in read if isinstance(w, np.ndarray)]
-        if len(ok) < MIN_DOMAIN_FILES:
-            raise EmobridgeError(f"domain statistics need at least {MIN_DOMAIN_FILES} "
-                                 f"readable files, got {len(ok)}")
+        """Features of every file first (batch by batch: only features and durations are
+        kept), then predictions with the statistics of them all."""
+        outcomes: list[tuple[str, float | str]] = []
         feats: list[np.ndarray] = []
-        for start in range(0, len(ok), self.batch_size):
-            feats += self.features([w for _, w in ok[start:start + self.batch_size]])
+        for start in range(0, len(paths), self.batch_size):
+            read = self._read_batch(paths[start:start + self.batch_size], on_item)
+            ok = [w for _, w in read if isinstance(w, np.ndarray)]
+            feats += self.features(ok) if ok else []
+            outcomes += [(p, len(w) / self.sample_rate_hz if isinstance(w, np.ndarray) else w)
+                         for p, w in read]
+        if len(feats) < MIN_DOMAIN_FILES:
+            raise EmobridgeError(f"domain statistics need at least {MIN_DOMAIN_FILES} "
+                                 f"readable files, got {len(feats)}")
         probs = iter(self.proba(feats, stats="domain"))
-        label = f"domain ({len(ok)} files)"
-        for path, wave in read:
-            if isinstance(wave, np.ndarray):
-                yield self._prediction(next(probs), len(wave) / self.sample_rate_hz, path,
-                                       label)
+        label = f"domain ({len(feats)} files)"
+        for path, outcome in outcomes:
+            if isinstance(outcome, float):
+                yield self._prediction(next(probs), outcome, path, label)
             else:
-                yield path, wave
+                yield path, outcome
 
     def table(self, predictions: Iterable[Prediction]) -> pd.DataFrame:
         """One row per prediction: path, duration_s, emotion, p_<class>..., stats."""
