@@ -60,7 +60,7 @@ def test_manifest_terminal_table_and_bad_options(tiny_bundle, folder, tmp_path, 
         manifest, index=False)
     assert main(["predict", "-m", str(tiny_bundle), str(manifest)]) == 0
     shown = capsys.readouterr().out
-    assert "emotion" in shown and "stats" in shown
+    assert "emotion" in shown and "statistics: bundle" in shown
     assert main(["predict", "-m", str(tiny_bundle), str(folder), "-o", "x.xlsx"]) == 1
     assert ".csv, .json or .parquet" in capsys.readouterr().err
     assert main(["predict", "-m", str(tiny_bundle), str(folder), "--plot", "t.png"]) == 1

@@ -80,14 +80,26 @@ def write_table(table: Any, out: Path, extra: dict[str, Any]) -> None:
 
 
 def _show(table: Any) -> None:
+    """The table on the terminal: file names when they are unique (paths otherwise), class
+    names as probability headers and the statistics used as a caption, to fit a terminal."""
     from rich.table import Table
 
-    view = Table(show_lines=False)
+    names = table["path"].map(lambda p: Path(p).name)
+    if names.nunique() == table["path"].nunique():
+        table = table.assign(path=names).rename(columns={"path": "file"})
+    caption = None
+    if "stats" in table.columns and table["stats"].nunique() == 1:
+        caption = f"statistics: {table['stats'].iloc[0]}"
+        table = table.drop(columns="stats")
+    table = table.rename(columns=lambda c: c[2:] if c.startswith("p_") else
+                         {"duration_s": "sec"}.get(c, c))
+    view = Table(caption=caption)
     for col in table.columns:
-        view.add_column(str(col), justify="right" if col != "path" else "left",
-                        overflow="fold")
+        text = col in ("file", "path")
+        view.add_column(str(col), justify="left" if text else "right", min_width=12 if text
+                        else None, overflow="fold" if text else "ellipsis", no_wrap=not text)
     for row in table.itertuples(index=False):
-        view.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+        view.add_row(*[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row])
     console.print(view)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from emobridge.errors import EmobridgeError
-from emobridge.fileio import atomic_path, write_json_atomic
+from emobridge.fileio import atomic_open, write_json_atomic
 from emobridge.methods.normalise import FeatureNormaliser
 
 #: File names of a saved method (the bundle uses the same weights file name).
@@ -71,11 +71,11 @@ def restore_scalars(method: Any, scalars: Mapping[str, Any]) -> None:
 
 def write_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` to a safetensors file atomically."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    plain = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    with atomic_path(path) as tmp:
-        save_file(plain, str(tmp))
+    blob = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    with atomic_open(path, "wb") as fh:  # bytes: the file gets the usual mode, not 0600
+        fh.write(blob)
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
