@@ -98,3 +98,14 @@ def test_refuses_a_folder_of_other_files_and_neural_load_reads_bundles(tmp_path)
     loaded = NeuralMethod.load(again, device="cpu")
     test = gaussians(6, 3, dims=8)
     np.testing.assert_array_equal(loaded.predict_proba(test), method.predict_proba(test))
+
+
+def test_crafted_fitted_values_are_refused(tmp_path):
+    folder = save_bundle(fit_tiny("nnpm"), tmp_path / "b", extractor=EXTRACTOR)
+    meta = json.loads((folder / "bundle.json").read_text())
+    assert meta["method"]["state"]["fitted"]["n_memory_slots_"] == 32
+    for bad in ({"__class__": "x"}, {"_private": 1}, {"model_": {"a": 1}}):
+        meta["method"]["state"]["fitted"] = bad
+        (folder / "bundle.json").write_text(json.dumps(meta))
+        with pytest.raises(EmobridgeError, match="refusing fitted value"):
+            load_bundle(folder)

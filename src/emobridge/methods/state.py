@@ -8,6 +8,7 @@ Nothing here pickles: the metadata is strict JSON, the arrays go to a safetensor
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ METHOD_JSON = "method.json"
 WEIGHTS_FILE = "model.safetensors"
 
 _SCALARS = (bool, int, float, str, type(None))
+#: A public fitted attribute (``n_memory_slots_``), never ``_private`` or ``__dunder__``.
+_FITTED_NAME = re.compile(r"[a-z][a-z0-9_]*_")
 
 
 def normaliser_state(norm: FeatureNormaliser) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -62,8 +65,14 @@ def fitted_scalars(method: Any) -> dict[str, Any]:
 
 
 def restore_scalars(method: Any, scalars: Mapping[str, Any]) -> None:
-    """Set the attributes written by :func:`fitted_scalars`."""
+    """Set the attributes written by :func:`fitted_scalars`; anything else in a (crafted)
+    file -- a private or dunder name, a non-scalar value -- raises :class:`EmobridgeError`."""
     for name, value in scalars.items():
+        plain = isinstance(value, _SCALARS) or (
+            isinstance(value, dict) and set(value) == {"tuple"}
+            and all(isinstance(v, _SCALARS) for v in value["tuple"]))
+        if not (isinstance(name, str) and _FITTED_NAME.fullmatch(name) and plain):
+            raise EmobridgeError(f"saved state: refusing fitted value {name!r}")
         if isinstance(value, dict) and set(value) == {"tuple"}:
             value = tuple(value["tuple"])
         setattr(method, name, value)
