@@ -87,10 +87,14 @@ def _show(table: Any) -> None:
     names = table["path"].map(lambda p: Path(p).name)
     if names.nunique() == table["path"].nunique():
         table = table.assign(path=names).rename(columns={"path": "file"})
-    caption = None
+    notes = []
+    if "start_s" in table.columns and table["file" if "file" in table else "path"].nunique() == 1:
+        notes.append(str(table.iloc[0, 0]))  # one file's timeline: its name as the caption
+        table = table.iloc[:, 1:]
     if "stats" in table.columns and table["stats"].nunique() == 1:
-        caption = f"statistics: {table['stats'].iloc[0]}"
+        notes.append(f"statistics: {table['stats'].iloc[0]}")
         table = table.drop(columns="stats")
+    caption = "; ".join(notes) or None
     table = table.rename(columns=lambda c: c[2:] if c.startswith("p_") else
                          {"duration_s": "sec"}.get(c, c))
     view = Table(caption=caption)
@@ -134,7 +138,7 @@ def _run(rec: Any, paths: list[str], stats: str, segment: str | None, window: fl
             except (EmobridgeError, OSError) as exc:
                 errors[path] = str(exc)
             bar.advance(task)
-    columns = ["path", "start_s", "end_s", "emotion", *[f"p_{c}" for c in rec.classes]]
+    columns = ["path", "start_s", "end_s", "emotion", *[f"p_{c}" for c in rec.classes], "stats"]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     return table, errors
 

@@ -300,7 +300,7 @@ class Recognizer:
     def timeline(self, source: AudioSource, segment: SegmentMode = "fixed",
                  window_s: float = 3.0, hop_s: float = 1.0) -> pd.DataFrame:
         """One row per segment of a (long) recording: start_s, end_s, emotion,
-        p_<class>... (bundle statistics). ``segment="vad"`` keeps speech only."""
+        p_<class>..., stats (always the bundle's). ``segment="vad"`` keeps speech only."""
         wave, name = self.read(source, max_duration_s=MAX_TIMELINE_S)
         rate = self.sample_rate_hz
         spans = segment_wave(wave, rate, segment, window_s, hop_s)
@@ -314,6 +314,7 @@ class Recognizer:
                              self.classes[int(np.argmax(p))], *map(float, p)])
         table = pd.DataFrame(rows, columns=columns)
         table.insert(0, "path", name)
+        table["stats"] = "bundle"  # one recording has no domain of its own
         table.attrs["duration_s"] = len(wave) / rate
         return table
 
