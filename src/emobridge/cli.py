@@ -34,6 +34,9 @@ _COMMAND_MODULES: list[tuple[str, str | None]] = [
     ("train", None),
     ("features", "features"),
     ("run", None),
+    ("predict", None),
+    ("serve", None),
+    ("model", "model"),
 ]
 
 

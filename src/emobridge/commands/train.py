@@ -50,7 +50,7 @@ def _build(method: str, param: list[str], defaults: dict[str, Any]):
 
 
 def _write_outputs(out: Path, model: Any, method: str, data: Any, result: dict[str, Any],
-                   save_model: bool) -> None:
+                   save_model: bool, extractor: str, label_set: str) -> None:
     from emobridge.fileio import atomic_path, write_json_atomic
     from emobridge.methods.runner import environment, predictions_table
     from emobridge.training import write_history_csv
@@ -60,10 +60,22 @@ def _write_outputs(out: Path, model: Any, method: str, data: Any, result: dict[s
     result.pop("source_pred")
     if result["history"]:
         write_history_csv(result["history"], out / "history.csv")
-    if save_model and hasattr(model, "save"):
-        model.save(out / "model")
+    if save_model and hasattr(model, "get_state"):
+        _save_bundle(out / "model", model, data, result, extractor, label_set)
     write_json_atomic(out / "metrics.json", {"method": method, **result,
                                              "environment": environment()})
+
+
+def _save_bundle(folder: Path, model: Any, data: Any, result: dict[str, Any], extractor: str,
+                 label_set: str) -> None:
+    """The trained method as a model bundle (``emobridge predict --model OUT/model``)."""
+    from emobridge.inference.bundle import save_bundle, training_summary
+
+    scores = {k: result["test"][k] for k in ("ua", "wa", "macro_f1", "n")
+              if k in result["test"]}
+    save_bundle(model, folder, extractor=extractor, label_set=label_set,
+                training=training_summary(data.source, target=data.target_unlabelled,
+                                          metrics={"target_test": scores}))
 
 
 Opt = typer.Option
@@ -100,7 +112,8 @@ ComputeOpt = Annotated[bool, Opt("--compute-missing",
 ResumeOpt = Annotated[bool, Opt("--resume", help="Checkpoint every epoch in OUT/checkpoints "
                                 "and continue an interrupted run from there.")]
 SaveOpt = Annotated[bool, Opt("--save-model/--no-save-model",
-                              help="Save the trained model to OUT/model.")]
+                              help="Save the trained model as a bundle in OUT/model "
+                              "(for emobridge predict).")]
 ProgressOpt = Annotated[bool, Opt("--progress", help="Show a progress bar.")]
 
 
@@ -115,7 +128,8 @@ def train(
 ) -> None:
     """Train a method on the source, adapt to the target, evaluate on held-out target
     speakers (one cell of ``emobridge run``); write run.json, config.json, metrics.json,
-    predictions.csv, history.csv to OUT."""
+    predictions.csv, history.csv and the model bundle OUT/model (for emobridge predict)
+    to OUT."""
     from emobridge.fileio import prepare_output_dir, write_json_atomic
     from emobridge.methods.runner import (
         environment,
@@ -158,7 +172,7 @@ def train(
         "target_labelled_k": k, "target_ratios": list(_ratios(target_ratios)),
         "validation": validation, "seed": seed, "device": used_device})
     result = fit_and_evaluate(model, data, seed=seed)
-    _write_outputs(out, model, method, data, result, save_model)
+    _write_outputs(out, model, method, data, result, save_model, extractor, label_set)
     test = result["test"]
     console.print(f"test UA {test['ua']:.4f}  WA {test['wa']:.4f}  macro-F1 "
                   f"{test['macro_f1']:.4f}  ({test['n']} utterances) -> {out}")

@@ -429,6 +429,9 @@ class ExperimentConfig(_Model):
     skip_errors: bool = Field(
         False, description="skip (count and report) audio files that cannot be decoded "
         "instead of stopping the run")
+    save_models: bool = Field(
+        False, description="write each cell's fitted method as a model bundle in "
+        "cells/<cell>/model (emobridge predict --model that folder)")
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("output_dir", mode="before")

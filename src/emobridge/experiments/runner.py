@@ -466,6 +466,8 @@ def _run_cell(job: CellJob) -> dict[str, Any]:
     if data.source_test is not None:
         predictions["source"] = {"y_true": data.source_test.labels,
                                  "y_pred": result["source_pred"]}
+    if cfg.save_models:
+        _save_cell_model(job, method, data, result)
     silhouette, embedding_error = _embedding_step(
         job, method, rows, lambda f: EmotionData.from_manifest(
             f, [feats[i] for i in f.index], job.classes))
@@ -484,6 +486,24 @@ def _run_cell(job: CellJob) -> dict[str, Any]:
         "timing": {"fit_s": fit.fit_s, "total_s": time.perf_counter() - t_start},
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _save_cell_model(job: CellJob, method: Any, data: Any, result: dict[str, Any]) -> None:
+    """``save_models: true``: the cell's method as a bundle in ``cells/<cell>/model``."""
+    from emobridge.features import FeatureStore
+    from emobridge.inference.bundle import save_bundle, training_summary
+
+    spec = FeatureStore(job.store).spec(job.feature_id)
+    training = training_summary(data.source, target=data.target_unlabelled,
+                                metrics={"target_test": _headline(result["test"])})
+    training["cell"] = job.key.as_dict()
+    save_bundle(method, cell_folder(job.run_dir, job.key) / "model",
+                extractor={"name": spec["name"], "params": spec.get("params", {})},
+                training=training, label_set=str(job.config.taxonomy.label_set))
+
+
+def _headline(scores: dict[str, Any]) -> dict[str, Any]:
+    return {k: scores[k] for k in ("ua", "wa", "macro_f1", "n") if k in scores}
 
 
 def _sizes(rows: Any) -> dict[str, Any]:

@@ -66,7 +66,6 @@ The :class:`~emobridge.training.TrainingTask` hooks (``on_fit_start``, ``on_epoc
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -78,7 +77,6 @@ import torch
 from torch import nn
 
 from emobridge.errors import ConfigError, EmobridgeError
-from emobridge.fileio import atomic_path, write_json_atomic
 from emobridge.methods.base import AdaptationMethod, available_methods
 from emobridge.methods.data import UNLABELLED, EmotionData
 from emobridge.methods.normalise import FeatureNormaliser, Normalise
@@ -595,90 +593,84 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
                                            lambda m, b: m.embed(b.x, b.mask))
 
     # -- persistence ---------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        """Write ``method.json`` (name, params, classes, input shape, normaliser) and the
-        weights (``model.safetensors``, or ``model.pt`` without safetensors) to ``directory``
-        atomically per file."""
+    _NOT_STATE: ClassVar[tuple[str, ...]] = ("restoring_",)
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Everything prediction needs: JSON metadata (name, params, classes, input shape,
+        small fitted values such as NNPM's memory size) and named arrays (the model's
+        weights and buffers under ``model.``, the normaliser's statistics)."""
         from emobridge import __version__
+        from emobridge.methods.state import fitted_scalars, normaliser_state
 
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        weights = _save_weights(self.model_, directory)
-        write_json_atomic(directory / "method.json", {
-            "method": self.name,
-            "params": self.get_params(),
-            "classes": list(self.classes_),
-            "input_dim": self.input_dim_,
-            "is_sequence": self.is_sequence_,
-            "backbone": self.backbone_,
-            "normaliser": self.normaliser_.to_dict(),
-            "weights": weights,
-            "history": self.history_,
-            "emobridge_version": __version__,
-        })
-        return directory
+        norm_meta, arrays = normaliser_state(self.normaliser_)
+        for key, value in self.model_.state_dict().items():
+            arrays[f"model.{key}"] = value.detach().cpu().numpy().copy()
+        scalars = {k: v for k, v in fitted_scalars(self).items() if k not in self._NOT_STATE}
+        meta = {"method": self.name, "params": self.get_params(),
+                "classes": list(self.classes_), "input_dim": self.input_dim_,
+                "is_sequence": self.is_sequence_, "backbone": self.backbone_,
+                "normaliser": norm_meta, "fitted": scalars, "history": self.history_,
+                "emobridge_version": __version__}
+        return meta, arrays
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> NeuralMethod:
-        """Rebuild a method written by :meth:`save` (``device`` overrides the saved one)."""
-        directory = Path(directory)
-        meta_path = directory / "method.json"
-        if not meta_path.exists():
-            raise EmobridgeError(f"{directory}: no method.json (not a saved NeuralMethod)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    def from_state(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                   device: str | None = None) -> NeuralMethod:
+        """Rebuild a method from :meth:`get_state`'s output (``device`` overrides the
+        saved one)."""
+        from emobridge.methods.state import normaliser_from_state, restore_scalars
+
         klass = available_methods().get(meta["method"],
                                         cls if meta["method"] == cls.name else None)
         if klass is None:
-            raise EmobridgeError(f"{meta_path}: unknown method {meta['method']!r}")
-        params = {**meta["params"], "resume": False}
+            raise EmobridgeError(f"unknown method {meta['method']!r}")
+        params = {**meta["params"], "resume": False, "checkpoint_dir": None, "log_csv": None}
         if device is not None:
             params["device"] = device
         method = klass(**{k: v for k, v in params.items() if k in klass.param_names()})
+        restore_scalars(method, meta.get("fitted", {}))
         method.classes_ = tuple(meta["classes"])
         method.input_dim_ = int(meta["input_dim"])
         method.is_sequence_ = bool(meta["is_sequence"])
         method.backbone_ = meta["backbone"]
-        method.normaliser_ = FeatureNormaliser.from_dict(meta["normaliser"])
+        method.normaliser_ = normaliser_from_state(meta["normaliser"], arrays)
         method.history_ = meta.get("history", [])
         method.class_weights_ = None
+        method.trainer_ = None
         trainer = method._trainer()
         method.restoring_ = True  # no pretrained-weights file read: the saved weights follow
         try:
             method.model_ = method.build_model()
         finally:
             del method.restoring_
-        _load_weights(method.model_, directory / meta["weights"])
+        state = {k[len("model."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
+                 if k.startswith("model.")}
+        try:
+            method.model_.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise EmobridgeError(f"{meta['method']}: saved weights do not fit the model: "
+                                 f"{first}") from None
         method.model_.to(trainer.device).eval()
         return method
 
+    def save(self, directory: str | Path) -> Path:
+        """Write ``method.json`` and ``model.safetensors`` (:meth:`get_state`) to
+        ``directory``, atomically per file."""
+        from emobridge.methods.state import save_method_files
 
-def _save_weights(model: nn.Module, directory: Path) -> str:
-    """Write ``model``'s weights into ``directory``; the file name."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        save_file = None
-    name = "model.safetensors" if save_file is not None else "model.pt"
-    with atomic_path(directory / name) as tmp:
-        if save_file is not None:
-            save_file(state, str(tmp))
-        else:
-            torch.save(state, tmp)
-    return name
+        return save_method_files(directory, *self.get_state())
 
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> NeuralMethod:
+        """Rebuild a method written by :meth:`save`, or the method of a model bundle
+        (``device`` overrides the saved one)."""
+        from emobridge.methods.state import read_method_files
 
-def _load_weights(model: nn.Module, path: Path) -> None:
-    """Load weights written by :func:`_save_weights` (never unpickling objects)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        directory = Path(directory)
+        if not (directory / "method.json").exists() and (directory / "bundle.json").exists():
+            from emobridge.inference.bundle import load_bundle
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise EmobridgeError(f"{path}: weights do not fit the model: {first}") from None
+            return load_bundle(directory, device=device).method
+        return cls.from_state(*read_method_files(directory), device=device)

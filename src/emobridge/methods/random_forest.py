@@ -209,6 +209,45 @@ class RandomForestMethod(AdaptationMethod):
         self._check_fitted()
         return self.forest_.predict_proba(self.embed(data))
 
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON metadata (params, classes, normaliser settings) and named arrays (the
+        trees' node arrays under ``forest.``, the WCCN projection, normaliser statistics)."""
+        from emobridge import __version__
+        from emobridge.methods.state import normaliser_state
+
+        self._check_fitted()
+        norm_meta, arrays = normaliser_state(self.normaliser_)
+        arrays.update({f"forest.{k}": v for k, v in self.forest_.arrays.items()})
+        if self.wccn_ is not None:
+            arrays["wccn.projection"] = np.asarray(self.wccn_.projection_, dtype=np.float64)
+        meta = {"method": self.name, "params": self.get_params(),
+                "classes": list(self.classes_), "input_dim": self.input_dim_,
+                "normaliser": norm_meta, "emobridge_version": __version__}
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray],
+                   device: str | None = None) -> RandomForestMethod:
+        """Rebuild from :meth:`get_state`'s output (``device`` is ignored: CPU only)."""
+        from emobridge.methods.state import normaliser_from_state
+
+        if meta.get("method") != cls.name:
+            raise EmobridgeError(f"holds method {meta.get('method')!r}, not {cls.name!r}")
+        method = cls(**{k: v for k, v in meta["params"].items() if k in cls.param_names()})
+        method.classes_ = tuple(meta["classes"])
+        method.input_dim_ = int(meta["input_dim"])
+        method.normaliser_ = normaliser_from_state(meta["normaliser"], arrays)
+        method.wccn_ = None
+        if "wccn.projection" in arrays:
+            method.wccn_ = WCCNTransform(method.wccn_smoothing)
+            method.wccn_.projection_ = np.asarray(arrays["wccn.projection"], dtype=np.float64)
+        try:
+            method.forest_ = ForestArrays({k: np.asarray(arrays[f"forest.{k}"])
+                                           for k in _ARRAYS})
+        except KeyError as exc:
+            raise EmobridgeError(f"random_forest: saved state lacks {exc}") from None
+        return method
+
     def save(self, directory: str | Path) -> Path:
         """``method.json`` (params, classes, normaliser, WCCN projection) and
         ``forest.npz`` (the trees' arrays)."""

@@ -1,0 +1,58 @@
+"""``emobridge serve [--model BUNDLE] [--host 127.0.0.1] [--port 8000]``: the HTTP service and
+its web page (see :mod:`emobridge.inference.service`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from emobridge.errors import ConfigError
+
+Opt = typer.Option
+
+
+def serve(
+    model: Annotated[Path | None, Opt("--model", "-m", help="Model bundle folder (default: "
+                                      "the model shipped with emobridge).")] = None,
+    host: Annotated[str, Opt("--host", help="Address to listen on (127.0.0.1: this machine "
+                             "only; 0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, Opt("--port", min=0, max=65535, help="TCP port.")] = 8000,
+    max_upload_mb: Annotated[float, Opt("--max-upload-mb", help="Largest upload.")] = 25.0,
+    max_duration_s: Annotated[float, Opt("--max-duration-s",
+                                         help="Longest audio accepted.")] = 600.0,
+    max_concurrent: Annotated[int, Opt("--max-concurrent", min=1,
+                                       help="Inferences run at once.")] = 1,
+    max_queue: Annotated[int, Opt("--max-queue", min=0, help="Requests waiting for a slot "
+                                  "before the server answers 503.")] = 8,
+    timeout_s: Annotated[float, Opt("--timeout-s", help="Longest a request may wait and "
+                                    "run (504 after).")] = 60.0,
+    device: Annotated[str, Opt("--device", help="cpu, cuda, cuda:N, mps or auto.")] = "cpu",
+) -> None:
+    """Serve POST /v1/predict, GET /v1/health, GET /v1/model and the web page at /."""
+    from emobridge.inference.recognizer import Recognizer
+    from emobridge.inference.service import ServiceLimits, create_app
+    from emobridge.runtime import resolve_device
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise ConfigError("emobridge serve needs the service extra: pip install "
+                          "'emobridge[service]'") from None
+    limits = ServiceLimits(max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                           max_duration_s=max_duration_s, max_concurrent=max_concurrent,
+                           max_queue=max_queue, timeout_s=timeout_s).check()
+    used = resolve_device(device)
+    rec = Recognizer.load(model, device=used) if model is not None \
+        else Recognizer.default(device=used)
+    rec.extractor  # noqa: B018 -- build the extractor before the first request
+    app = create_app(rec, limits)
+    typer.echo(f"serving {rec.card.get('method')} ({', '.join(rec.classes)}) on "
+               f"http://{host}:{port}/  (Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` as a top-level command."""
+    app.command("serve")(serve)

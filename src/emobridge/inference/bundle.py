@@ -1,0 +1,191 @@
+"""Model bundles: a fitted method plus everything needed to apply it to new audio.
+
+A bundle is a folder::
+
+    model.safetensors   every array the method needs (weights, normaliser statistics,
+                        NNPM memory, forest nodes...)
+    bundle.json         format version, emobridge version, extractor spec and feature id,
+                        classes in output order, method name / parameters / small fitted
+                        values, training summary, model card, SHA-256 of every other file
+    card.md             (optional) the model card as Markdown
+
+Loading checks the format version and every checksum before reading any array and raises
+:class:`~emobridge.errors.EmobridgeError` naming what is wrong. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emobridge.errors import EmobridgeError
+from emobridge.fileio import prepare_output_dir, write_json_atomic, write_text_atomic
+
+__all__ = ["BUNDLE_JSON", "FORMAT", "FORMAT_VERSION", "Bundle", "load_bundle", "save_bundle",
+           "sha256_file", "training_summary"]
+
+BUNDLE_JSON = "bundle.json"
+CARD_FILE = "card.md"
+FORMAT = "emobridge-bundle"
+#: Bumped when the layout changes so that an old emobridge refuses a newer bundle.
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the fitted ``method`` and the ``meta`` of ``bundle.json``."""
+
+    path: Path
+    method: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.meta["classes"])
+
+    @property
+    def extractor_spec(self) -> dict[str, Any]:
+        return dict(self.meta["extractor"])
+
+    @property
+    def card(self) -> dict[str, Any]:
+        """The model card (what ``emobridge model info`` and ``GET /v1/model`` show)."""
+        return {"path": str(self.path), "method": self.meta["method"]["name"],
+                "classes": list(self.classes), "extractor": self.meta["extractor"],
+                "feature_id": self.meta.get("feature_id"),
+                "emobridge_version": self.meta.get("emobridge_version"),
+                "training": self.meta.get("training", {}), **self.meta.get("card", {})}
+
+
+def training_summary(source: Any, target: Any = None,
+                     metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a bundle records about its training data: languages, speakers and utterances
+    per class of the labelled ``source`` (an :class:`~emobridge.methods.EmotionData`), the
+    unlabelled ``target`` seen (languages, utterances) and held-out ``metrics``."""
+    import numpy as np
+
+    counts = np.bincount(source.labels[source.labels >= 0], minlength=len(source.classes))
+    summary: dict[str, Any] = {
+        "languages": sorted({str(x) for x in source.languages}),
+        "speakers": len({str(x) for x in source.speakers}),
+        "utterances": len(source),
+        "utterances_per_class": {c: int(n) for c, n in zip(source.classes, counts,
+                                                           strict=True)}}
+    if target is not None and len(target):
+        summary["unlabelled_target"] = {"languages": sorted({str(x) for x in target.languages}),
+                                        "utterances": len(target)}
+    if metrics:
+        summary["metrics"] = dict(metrics)
+    return summary
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_bundle(
+    method: Any,
+    directory: str | Path,
+    *,
+    extractor: Mapping[str, Any] | str,
+    training: Mapping[str, Any] | None = None,
+    card: Mapping[str, Any] | None = None,
+    card_markdown: str | None = None,
+    label_set: str | None = None,
+) -> Path:
+    """Write ``method`` (fitted) as a bundle in ``directory`` (new, empty, or an earlier
+    bundle, which is replaced).
+
+    ``extractor`` is the spec of the features the method was trained on (a spec string or
+    ``{"name", "params"}``); ``training`` a JSON summary (corpora, languages, speakers and
+    utterances per class, held-out metrics); ``card`` extra model-card fields (intended
+    use, limits, licences...), ``card_markdown`` the card as text.
+    """
+    from emobridge import __version__
+    from emobridge.features.registry import build_extractor
+    from emobridge.methods.state import WEIGHTS_FILE, method_state, write_arrays
+
+    ext = build_extractor(extractor)
+    directory = Path(directory)
+    prepare_output_dir(directory, marker=BUNDLE_JSON, what="bundle folder", allow=())
+    state, arrays = method_state(method)
+    write_arrays(directory / WEIGHTS_FILE, arrays)
+    files = [WEIGHTS_FILE]
+    if card_markdown is not None:
+        write_text_atomic(directory / CARD_FILE, card_markdown)
+        files.append(CARD_FILE)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "emobridge_version": __version__,
+        "extractor": ext.spec(), "feature_id": ext.id, "sample_rate_hz": ext.sample_rate_hz,
+        "classes": list(state["classes"]), "label_set": label_set,
+        "method": {"name": state["method"], "params": state.get("params", {}),
+                   "state": state},
+        "training": dict(training or {}), "card": dict(card or {}),
+        "files": {name: sha256_file(directory / name) for name in files},
+    }
+    write_json_atomic(directory / BUNDLE_JSON, meta)  # last: a bundle.json means complete
+    return directory
+
+
+def read_bundle_meta(directory: str | Path) -> dict[str, Any]:
+    """``bundle.json`` after the format and checksum checks (no array read)."""
+    directory = Path(directory)
+    path = directory / BUNDLE_JSON
+    if not directory.is_dir():
+        raise EmobridgeError(f"{directory}: model bundle folder not found")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EmobridgeError(f"{directory}: not a model bundle (no {BUNDLE_JSON})") from None
+    except (OSError, ValueError) as exc:
+        raise EmobridgeError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise EmobridgeError(f"{path}: not an emobridge bundle (format "
+                             f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise EmobridgeError(f"{path}: bundle format version {version!r}; this emobridge "
+                             f"reads version {FORMAT_VERSION} (re-export the model with a "
+                             "matching emobridge)")
+    for key in ("extractor", "classes", "method", "files"):
+        if key not in meta:
+            raise EmobridgeError(f"{path}: bundle.json lacks {key!r}")
+    _check_files(directory, meta["files"])
+    return meta
+
+
+def _check_files(directory: Path, files: Mapping[str, str]) -> None:
+    for name, expected in files.items():
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise EmobridgeError(f"{directory / BUNDLE_JSON}: bad file name {name!r}")
+        path = directory / name
+        if not path.is_file():
+            raise EmobridgeError(f"{path}: file of the bundle is missing")
+        if sha256_file(path) != expected:
+            raise EmobridgeError(f"{path}: checksum mismatch (the file was changed or "
+                                 "damaged after the bundle was written)")
+
+
+def load_bundle(directory: str | Path, device: str | None = "cpu") -> Bundle:
+    """Load and verify a bundle; the method is ready to ``predict_proba``."""
+    from emobridge.methods.state import WEIGHTS_FILE, method_from_state, read_arrays
+
+    directory = Path(directory)
+    meta = read_bundle_meta(directory)
+    arrays = read_arrays(directory / WEIGHTS_FILE)
+    try:
+        method = method_from_state(meta["method"]["state"], arrays, device=device)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EmobridgeError(f"{directory}: bundle does not describe a loadable method "
+                             f"({type(exc).__name__}: {exc})") from None
+    except EmobridgeError as exc:
+        raise EmobridgeError(f"{directory}: {exc}") from None
+    return Bundle(directory, method, meta)
