@@ -25,15 +25,20 @@ BARS: dict[tuple[str, str], tuple[float, float, float]] = {
 }
 
 
+#: Corpus folders of ../shared/corpora named otherwise than their reader.
+FOLDERS = {"emotiontts": "emotiontts_ko"}
+
+
 def load_manifest(corpora: Path, name: str, limit: int | None = None,
                   label_set: str = "4class") -> pd.DataFrame:
-    """Scan ``corpora/name`` with its reader and map it to ``label_set``.
+    """Scan ``corpora/name`` (or its :data:`FOLDERS` entry) with its reader and map it to
+    ``label_set``.
 
     ``limit`` keeps a class-stratified subset (seed 0) for smoke runs.
     """
     from emobridge.corpora import LabelSet, get_reader
 
-    folder = corpora / name
+    folder = corpora / FOLDERS.get(name, name)
     if not folder.is_dir():
         raise SystemExit(f"no corpus folder {folder}")
     scan = get_reader(name)(folder).scan()

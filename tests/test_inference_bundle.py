@@ -24,6 +24,8 @@ def fit_tiny(name: str):
     cls = available_methods()[name]
     if name == "random_forest":
         params = {"n_estimators": 5}
+    elif name == "recommended":  # 8 dims: two views of 4
+        params = {"views": 2, "min_speaker_utterances": 2}
     else:
         params = {"epochs": 2, "batch_size": 16, "device": "cpu", "seed": 0}
         if "pretrain_epochs" in cls.param_names():

@@ -100,5 +100,5 @@ def test_save_load_round_trip(tmp_path):
     loaded = Recommended.load(tmp_path / "m")
     assert np.array_equal(loaded.predict_proba(tgt), method.predict_proba(tgt))
     (tmp_path / "m" / "method.json").write_text("{broken")
-    with pytest.raises(EmobridgeError, match="not a readable recommended model"):
+    with pytest.raises(EmobridgeError, match="method.json: unreadable"):
         Recommended.load(tmp_path / "m")

@@ -33,16 +33,14 @@ pseudo-labels use the target pool the caller passes as ``target_unlabelled``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from emobridge.errors import ConfigError, EmobridgeError, EmobridgeWarning
-from emobridge.fileio import write_json_atomic
-from emobridge.methods.base import AdaptationMethod, available_methods, register_method
+from emobridge.methods.base import AdaptationMethod, register_method
 from emobridge.methods.data import EmotionData
 from emobridge.methods.normalise import FeatureNormaliser
 
@@ -215,46 +213,61 @@ class Recommended(AdaptationMethod):
         self._check_fitted()
         return np.hstack(self._blocks(data))
 
-    def save(self, directory: str | Path) -> Path:
-        """``method.json``: parameters, normaliser and every classifier's coefficients
-        (plain JSON; nothing is pickled)."""
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON metadata (parameters, classes, chosen normalisation) and named arrays (the
+        normaliser's statistics, each classifier's ``coef`` / ``intercept`` / ``classes``)."""
         from emobridge import __version__
+        from emobridge.methods.state import normaliser_state
 
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(directory / "method.json", {
-            "method": self.name, "params": self.get_params(), "classes": list(self.classes_),
-            "input_dim": self.input_dim_, "normalisation": self.normalisation_,
-            "normaliser": self.normaliser_.to_dict(), "emobridge_version": __version__,
-            "models": [{"coef": m.coef_.tolist(), "intercept": m.intercept_.tolist(),
-                        "classes": m.classes_.tolist()} for m in self.models_]})
-        return directory
+        norm_meta, arrays = normaliser_state(self.normaliser_)
+        for i, m in enumerate(self.models_):
+            arrays.update({f"view.{i}.coef": m.coef_, f"view.{i}.intercept": m.intercept_,
+                           f"view.{i}.classes": m.classes_.astype(np.int64)})
+        return {"method": self.name, "params": self.get_params(),
+                "classes": list(self.classes_), "input_dim": self.input_dim_,
+                "normalisation": self.normalisation_, "normaliser": norm_meta,
+                "emobridge_version": __version__}, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray],
+                   device: str | None = None) -> Recommended:
+        """Rebuild from :meth:`get_state`'s output (``device`` is ignored: CPU only)."""
+        from sklearn.linear_model import LogisticRegression
+
+        from emobridge.methods.state import normaliser_from_state
+
+        if meta.get("method") != cls.name:
+            raise EmobridgeError(f"holds method {meta.get('method')!r}, not {cls.name!r}")
+        try:
+            method = cls(**{k: v for k, v in meta["params"].items() if k in cls.param_names()})
+            method.classes_, method.input_dim_ = tuple(meta["classes"]), int(meta["input_dim"])
+            method.normalisation_ = str(meta["normalisation"])
+            method.normaliser_ = normaliser_from_state(meta["normaliser"], arrays)
+            method.models_ = []
+            for i in range(int(method.views)):
+                lr = LogisticRegression()
+                lr.coef_ = np.asarray(arrays[f"view.{i}.coef"], dtype=np.float64)
+                lr.intercept_ = np.asarray(arrays[f"view.{i}.intercept"], dtype=np.float64)
+                lr.classes_ = np.asarray(arrays[f"view.{i}.classes"], dtype=np.int64)
+                method.models_.append(lr)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EmobridgeError(f"recommended: saved state is incomplete ({exc})") from None
+        return method
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``method.json`` and ``model.safetensors`` (:meth:`get_state`); nothing is
+        pickled."""
+        from emobridge.methods.state import save_method_files
+
+        return save_method_files(directory, *self.get_state())
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> Recommended:
-        """Rebuild a method written by :meth:`save` (``device`` is ignored: CPU only)."""
-        from sklearn.linear_model import LogisticRegression
+        """Rebuild a method written by :meth:`save`."""
+        from emobridge.methods.state import read_method_files
 
-        path = Path(directory) / "method.json"
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-            if available_methods().get(meta.get("method")) is not cls:
-                raise EmobridgeError(f"{path}: holds method {meta.get('method')!r}, not "
-                                     f"{cls.name!r}")
-            method = cls(**{k: v for k, v in meta["params"].items() if k in cls.param_names()})
-            method.classes_, method.input_dim_ = tuple(meta["classes"]), int(meta["input_dim"])
-            method.normalisation_ = meta["normalisation"]
-            method.normaliser_ = FeatureNormaliser.from_dict(meta["normaliser"])
-            method.models_ = []
-            for m in meta["models"]:
-                lr = LogisticRegression()
-                lr.coef_, lr.intercept_ = np.asarray(m["coef"]), np.asarray(m["intercept"])
-                lr.classes_ = np.asarray(m["classes"])
-                method.models_.append(lr)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise EmobridgeError(f"{path}: not a readable recommended model ({exc})") from None
-        return method
+        return cls.from_state(*read_method_files(directory), device=device)
 
 
 def _median_top_share(speakers: np.ndarray, labels: np.ndarray) -> float:
