@@ -129,6 +129,19 @@ def test_duplicate_cell_ids_and_reader_languages_refused(tmp_path: Path) -> None
         expand_tasks(cfg, pd.DataFrame({"language": ["aa", "../up"], "corpus": ["s", "s"]}))
 
 
+def test_all_pairs_and_leave_one_out_takes_every_domain_present(tmp_path: Path) -> None:
+    cfg = validate_config(
+        {"corpora": [{"synthetic": {}}], "features": {"extractors": ["logmel"]},
+         "protocol": {"domain": "language", "pairs": "all_pairs_and_leave_one_out"},
+         "methods": [{"method": "source_only"}]}, "x.yaml", tmp_path)
+    three = pd.DataFrame({"language": ["aa", "bb", "cc"], "corpus": ["s"] * 3})
+    tasks = expand_tasks(cfg, three)
+    assert len(tasks) == 6 + 3
+    assert {t.target for t in tasks if len(t.sources) == 2} == {"aa", "bb", "cc"}
+    two = expand_tasks(cfg, three.head(2))  # with two domains leave-one-out = the pairs
+    assert [(t.sources, t.target) for t in two] == [(("aa",), "bb"), (("bb",), "aa")]
+
+
 # ---------------------------------------------------------------------- leaks by content
 
 

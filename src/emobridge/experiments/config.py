@@ -241,7 +241,8 @@ class ProtocolConfig(_Model):
 
     ``pairs``: a list of source -> target pairs, ``all_pairs`` (every ordered pair of
     domains), ``leave_one_out`` (each domain is the target once, all others the source) or
-    ``leave_one_language_out`` (``leave_one_out`` with ``domain: language``).
+    ``leave_one_language_out`` (``leave_one_out`` with ``domain: language``) or
+    ``all_pairs_and_leave_one_out`` (both; with two domains the two coincide, so pairs only).
     Source speakers are split with ``source_split`` (default: 80 % train, 20 % validation,
     as ``emobridge train``; a test share gives the source-language UA), target speakers
     with ``target_split`` into train (the unlabelled pool and where few-shot labels are
@@ -263,8 +264,8 @@ class ProtocolConfig(_Model):
     """
 
     domain: Literal["corpus", "language"] = "corpus"
-    pairs: list[PairConfig] | Literal["all_pairs", "leave_one_out", "leave_one_language_out"] = (
-        "all_pairs")
+    pairs: list[PairConfig] | Literal["all_pairs", "leave_one_out", "leave_one_language_out",
+                                      "all_pairs_and_leave_one_out"] = "all_pairs"
     source_split: SplitRatios = Field(
         default_factory=lambda: SplitRatios(train=0.8, validation=0.2))
     target_split: SplitRatios = Field(
@@ -809,8 +810,8 @@ def validate_config(
 def _check_pairs(cfg: ExperimentConfig, source: str, errors: list[str]) -> None:
     p = cfg.protocol
     if isinstance(p.pairs, str):
-        if p.domain == "corpus" and len(cfg.corpora) < 2 and p.pairs in ("all_pairs",
-                                                                          "leave_one_out"):
+        if p.domain == "corpus" and len(cfg.corpora) < 2 and p.pairs in (
+                "all_pairs", "leave_one_out", "all_pairs_and_leave_one_out"):
             errors.append(f"{source}: protocol.pairs: {p.pairs} with domain: corpus needs at "
                           f"least two corpora (or use domain: language)")
         return

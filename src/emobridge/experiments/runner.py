@@ -209,14 +209,14 @@ def expand_tasks(cfg: ExperimentConfig, manifest: pd.DataFrame) -> list[Task]:
     if len(values) < 2:
         raise ConfigError(f"protocol.pairs: {p.pairs} needs at least two values of {column}, "
                           f"the corpora have {values}")
+    pairs = [Task(task_name((s,), t), (s,), t) for s in values for t in values if s != t]
+    loo = [Task(task_name(tuple(v for v in values if v != t), t),
+                tuple(v for v in values if v != t), t) for t in values]
     if p.pairs == "all_pairs":
-        return [Task(task_name((s,), t), (s,), t) for s in values for t in values if s != t]
-    # leave_one_out
-    out = []
-    for t in values:
-        sources = tuple(v for v in values if v != t)
-        out.append(Task(task_name(sources, t), sources, t))
-    return out
+        return pairs
+    if p.pairs == "leave_one_out":
+        return loo
+    return pairs + (loo if len(values) > 2 else [])  # all_pairs_and_leave_one_out
 
 
 def method_ks(method: MethodConfig, protocol: ProtocolConfig) -> list[int | str]:
