@@ -415,3 +415,21 @@ def test_offline_base_ct2_agrees_with_torch(base_dir):
     # all hidden layers are available from the same weights on the torch route
     layers = WhisperExtractor(backend="torch", layer=[0, 3, -1], cache_dir=cache)
     assert layers.extract(wave, 16_000).shape == (3 * 512,)
+
+
+def test_extractor_stops_at_the_deepest_selected_layer(tiny_hf):
+    """Middle layers come out identical whether or not the layers above them run."""
+    folder, _ = tiny_hf
+    wave = voiced_tone(0.9)
+    ext = WhisperExtractor(model=str(folder), layer=[0, 1], pooling="none")
+    both = ext.extract(wave, 16_000)
+    encoder = ext.load()
+    mel = ext._frontend(torch.from_numpy(wave))
+    with torch.inference_mode():
+        full = encoder(mel, output_hidden_states=True).hidden_states
+        short = encoder(mel, output_hidden_states=True, max_hidden_state=1).hidden_states
+    assert len(full) == N_LAYERS + 1 and len(short) == 2
+    for a, b in zip(short, full[:2], strict=False):
+        torch.testing.assert_close(a, b)
+    np.testing.assert_allclose(both[:, :D_MODEL], full[0][0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(both[:, D_MODEL:], full[1][0].numpy(), atol=1e-5)

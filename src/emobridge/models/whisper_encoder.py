@@ -318,12 +318,16 @@ class WhisperEncoder(nn.Module):
         return (torch.as_tensor(mel_lengths) + 1) // 2
 
     def forward(self, mel: torch.Tensor, output_hidden_states: bool = False,
-                lengths: torch.Tensor | None = None) -> WhisperEncoderOutput:
+                lengths: torch.Tensor | None = None,
+                max_hidden_state: int | None = None) -> WhisperEncoderOutput:
         """Encode log-mel features ``(batch, n_mels, frames)`` (or ``(n_mels, frames)``).
 
         ``lengths`` (mel frames per row) marks the padding of a batch of unequal utterances;
         each row then gets exactly the result it would get alone. Frames beyond
         ``max_mel_frames`` raise :class:`FeatureError` (split long audio into 30-s windows).
+        ``max_hidden_state=m`` (with ``output_hidden_states``, ``m < n_layers``) stops after
+        hidden state ``m`` (the input of layer ``m``): the layers above are not run, and
+        ``hidden_states`` holds states ``0..m`` only (``last_hidden_state`` is state ``m``).
         """
         if mel.dim() == 2:
             mel = mel.unsqueeze(0)
@@ -353,9 +357,11 @@ class WhisperEncoder(nn.Module):
             keys = torch.arange(x.shape[1], device=x.device)[None, :] < out_lengths[:, None]
             attn_mask = keys[:, None, None, :]
         states: list[torch.Tensor] = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 states.append(x)
+                if max_hidden_state is not None and i >= max_hidden_state:
+                    return WhisperEncoderOutput(x, tuple(states), out_lengths)
             x = layer(x, attn_mask)
         x = self.layer_norm(x)
         if output_hidden_states:

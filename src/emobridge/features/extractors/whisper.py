@@ -285,8 +285,11 @@ class WhisperExtractor(Extractor):
         for (i, _, keep), states in zip(windows, outputs, strict=True):
             per_utt[i].append([s[:keep] for s in states])
         results = []
+        n_states = self._encoder.config.n_layers + 1 if self.backend == "torch" else 0
         for parts in per_utt:
             layers = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+            # states above the deepest selected layer were not computed: keep the indices
+            layers += [None] * (n_states - len(layers)) if len(layers) > 1 else []
             results.append(pool(select_layers(layers, self.layer), self.pooling))
         return results
 
@@ -336,6 +339,11 @@ class WhisperExtractor(Extractor):
     def _encode_torch(self, mels: list[torch.Tensor]) -> list[list[np.ndarray]]:
         encoder: WhisperEncoder = self._encoder
         all_layers = self.layer != -1
+        # Layers above the deepest selected one change nothing: do not run them.
+        n_layers = encoder.config.n_layers
+        picked = [self.layer] if isinstance(self.layer, int) else self.layer
+        deepest = max(picked) if isinstance(picked, list) and all(
+            0 <= int(i) < n_layers for i in picked) else None
         order = sorted(range(len(mels)), key=lambda j: mels[j].shape[1])
         outputs: list[list[np.ndarray]] = [[] for _ in mels]
         for s in range(0, len(order), self.batch_size):
@@ -345,7 +353,8 @@ class WhisperExtractor(Extractor):
                                  for j in group]).to(self.device)
             lengths = torch.tensor([mels[j].shape[1] for j in group])
             with torch.inference_mode():
-                out = encoder(batch, output_hidden_states=all_layers, lengths=lengths)
+                out = encoder(batch, output_hidden_states=all_layers, lengths=lengths,
+                              max_hidden_state=deepest)
             states = out.hidden_states if all_layers else (out.last_hidden_state,)
             states = [h.float().cpu().numpy() for h in states]
             for row, j in enumerate(group):
