@@ -93,8 +93,9 @@ class FeatureNormaliser:
 
     @staticmethod
     def _language_keys(data: EmotionData) -> np.ndarray:
-        # prefixed so that a language never shares a key with a speaker id
-        return np.asarray([f"language:{v}" for v in data.languages], dtype=object)
+        # Plain codes (callers key statistics by language); a speaker id equal to a language
+        # code would take that language's stored statistics.
+        return np.asarray([str(v) for v in data.languages], dtype=object)
 
     def fit(self, datasets: Sequence[EmotionData]) -> FeatureNormaliser:
         """Fit statistics on the union of ``datasets`` (``None`` entries ignored)."""
