@@ -30,7 +30,7 @@ from _common import DEFAULT_CORPORA, REPO, extract_features, load_manifest
 
 CORPORA = {"emodb": "German", "ravdess": "English", "emovo": "Italian"}
 DEFAULT_OUT = REPO / "src" / "emobridge" / "inference" / "default"
-DEFAULT_FEATURES = "whisper:backend=torch,layer=3,pooling=mean"
+DEFAULT_FEATURES = "whisper:backend=torch,layer=[2,3,4],pooling=mean,level=rms"  # the recipe's
 
 
 def licences(corpora_root: Path) -> dict[str, dict[str, str]]:

@@ -152,9 +152,11 @@ SkipOpt = Annotated[bool, Opt("--skip-errors", help="Leave out unreadable files 
                               "reported) and exit 0.")]
 SegmentOpt = Annotated[str, Opt("--segment", help="none (one row per file), vad (speech "
                                 "regions, Silero VAD) or fixed (--window / --hop).")]
-WindowOpt = Annotated[float, Opt("--window", help="Segment length in seconds (fixed), the "
-                                 "longest speech region (vad, at least 10 s).")]
-HopOpt = Annotated[float, Opt("--hop", help="Step between fixed windows in seconds.")]
+WindowOpt = Annotated[float, Opt("--window", min=0.1, max=3600.0, help="Segment length in "
+                                 "seconds (fixed), the longest speech region (vad, at least "
+                                 "10 s).")]
+HopOpt = Annotated[float, Opt("--hop", min=0.01, max=3600.0,
+                              help="Step between fixed windows in seconds.")]
 PlotOpt = Annotated[Path | None, Opt("--plot", help="With --segment: draw the probabilities "
                                      "over time to this image (.png, .svg, .pdf).")]
 StatsOpt = Annotated[str, Opt("--stats", help="Standardisation statistics: bundle (the "
