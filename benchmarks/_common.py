@@ -30,9 +30,10 @@ FOLDERS = {"emotiontts": "emotiontts_ko"}
 
 
 def load_manifest(corpora: Path, name: str, limit: int | None = None,
-                  label_set: str = "4class") -> pd.DataFrame:
+                  label_set: str = "4class",
+                  mapping: dict[str, str] | None = None) -> pd.DataFrame:
     """Scan ``corpora/name`` (or its :data:`FOLDERS` entry) with its reader and map it to
-    ``label_set``.
+    ``label_set`` (``mapping``: the label set's extra FROM -> TO mapping).
 
     ``limit`` keeps a class-stratified subset (seed 0) for smoke runs.
     """
@@ -45,7 +46,7 @@ def load_manifest(corpora: Path, name: str, limit: int | None = None,
     if scan.problems:
         raise SystemExit(f"{name}: {len(scan.problems)} unusable files, first: "
                          f"{scan.problems[0].path}: {scan.problems[0].reason}")
-    manifest, _ = LabelSet.named(label_set).apply(scan.manifest)
+    manifest, _ = LabelSet.named(label_set, mapping).apply(scan.manifest)
     if limit is not None and limit < len(manifest):
         rng = np.random.default_rng(0)
         per_class = max(1, limit // manifest["emotion"].nunique())

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import extract_features, write_section
+from _common import extract_features, load_manifest, write_section
 
 HERE = Path(__file__).resolve().parent
 
@@ -139,24 +139,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_task_manifest(corpora: Path, name: str, label_set: str, limit: int | None):
     """A corpus mapped to ``label_set`` (RAVDESS calm -> boredom for seven classes);
     ``limit`` keeps a class-stratified subset (seed 0)."""
-    from emobridge.corpora import LabelSet, get_reader
+    from emobridge.corpora import LabelSet
 
-    folder = corpora / name
-    if not folder.is_dir():
-        raise SystemExit(f"no corpus folder {folder}")
-    scan = get_reader(name)(folder).scan()
-    if scan.problems:
-        raise SystemExit(f"{name}: {len(scan.problems)} unusable files, first: "
-                         f"{scan.problems[0].path}: {scan.problems[0].reason}")
-    labels = LabelSet.named(label_set, MAPPINGS.get((name, label_set)))
-    manifest, _ = labels.apply(scan.manifest)
-    if limit is not None and limit < len(manifest):
-        rng = np.random.default_rng(0)
-        per_class = max(1, limit // manifest["emotion"].nunique())
-        keep = [i for _, rows in manifest.groupby("emotion", sort=True)
-                for i in rng.permutation(rows.index.to_numpy())[:per_class]]
-        manifest = manifest.loc[sorted(keep)].reset_index(drop=True)
-    return manifest, labels.classes
+    mapping = MAPPINGS.get((name, label_set))
+    manifest = load_manifest(corpora, name, limit, label_set, mapping)
+    return manifest, LabelSet.named(label_set, mapping).classes
 
 
 def _data(frame, features: list, classes: tuple):
