@@ -35,7 +35,7 @@ from pathlib import Path
 
 from _common import DEFAULT_CORPORA, REPO, RESULTS, load_manifest, write_section
 
-CORPORA = ("emodb", "emovo", "ravdess", "ased", "emotiontts_ko")
+CORPORA = ("emodb", "emovo", "ravdess", "ased", "emotiontts")
 LOGMEL = "logmel:preset=byols"
 WHISPER = "whisper:backend=ct2,pooling=mean"
 HOURS = 10_000
