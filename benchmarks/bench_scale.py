@@ -116,7 +116,7 @@ def bench_extraction(tmp: Path, corpora: Path, quick: bool, workers: int) -> lis
             else:
                 rep = extract_with_ray(root, part, spec)
             row[executor] = time.perf_counter() - t0
-            assert rep.computed == len(part), rep.summary()
+            assert rep.failed == 0 and rep.computed + rep.duplicates == len(part), rep.summary()
         a = FeatureStore(tmp / f"x-local-{len(rows)}").load(part, ext)
         b = FeatureStore(tmp / f"x-ray-{len(rows)}").load(part, ext)
         row["max_diff"] = max(float(abs(x - y).max()) for x, y in zip(a, b, strict=True))
