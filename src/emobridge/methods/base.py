@@ -14,6 +14,7 @@ import types
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -70,6 +71,26 @@ class AdaptationMethod(ABC):
     @abstractmethod
     def embed(self, data: EmotionData) -> np.ndarray:
         """The representation the classifier sees, ``(len(data), d)``, for plots."""
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``method.json`` and ``model.safetensors`` (the method's ``get_state``) to
+        ``directory``, atomically per file; nothing is pickled."""
+        from emobridge.methods.state import method_state, save_method_files
+
+        return save_method_files(directory, *method_state(self))
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> AdaptationMethod:
+        """Rebuild a method written by :meth:`save` (its ``from_state``), or the method of a
+        model bundle; ``device`` overrides the saved one where the method has a device."""
+        from emobridge.methods.state import read_method_files
+
+        directory = Path(directory)
+        if not (directory / "method.json").exists() and (directory / "bundle.json").exists():
+            from emobridge.inference.bundle import load_bundle
+
+            return load_bundle(directory, device=device).method
+        return cls.from_state(*read_method_files(directory), device=device)
 
     @classmethod
     def param_names(cls) -> list[str]:

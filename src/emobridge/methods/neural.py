@@ -654,23 +654,3 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
                                  f"{first}") from None
         method.model_.to(trainer.device).eval()
         return method
-
-    def save(self, directory: str | Path) -> Path:
-        """Write ``method.json`` and ``model.safetensors`` (:meth:`get_state`) to
-        ``directory``, atomically per file."""
-        from emobridge.methods.state import save_method_files
-
-        return save_method_files(directory, *self.get_state())
-
-    @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> NeuralMethod:
-        """Rebuild a method written by :meth:`save`, or the method of a model bundle
-        (``device`` overrides the saved one)."""
-        from emobridge.methods.state import read_method_files
-
-        directory = Path(directory)
-        if not (directory / "method.json").exists() and (directory / "bundle.json").exists():
-            from emobridge.inference.bundle import load_bundle
-
-            return load_bundle(directory, device=device).method
-        return cls.from_state(*read_method_files(directory), device=device)

@@ -34,7 +34,6 @@ pseudo-labels use the target pool the caller passes as ``target_unlabelled``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -254,20 +253,6 @@ class Recommended(AdaptationMethod):
         except (KeyError, TypeError, ValueError) as exc:
             raise EmobridgeError(f"recommended: saved state is incomplete ({exc})") from None
         return method
-
-    def save(self, directory: str | Path) -> Path:
-        """Write ``method.json`` and ``model.safetensors`` (:meth:`get_state`); nothing is
-        pickled."""
-        from emobridge.methods.state import save_method_files
-
-        return save_method_files(directory, *self.get_state())
-
-    @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> Recommended:
-        """Rebuild a method written by :meth:`save`."""
-        from emobridge.methods.state import read_method_files
-
-        return cls.from_state(*read_method_files(directory), device=device)
 
 
 def _median_top_share(speakers: np.ndarray, labels: np.ndarray) -> float:

@@ -285,11 +285,12 @@ class WhisperExtractor(Extractor):
         for (i, _, keep), states in zip(windows, outputs, strict=True):
             per_utt[i].append([s[:keep] for s in states])
         results = []
-        n_states = self._encoder.config.n_layers + 1 if self.backend == "torch" else 0
+        # torch stops at the deepest selected layer: pad so list indices stay layer indices
+        n_states = self._encoder.config.n_layers + 1 if self.backend == "torch" \
+            and self.layer != -1 else 0
         for parts in per_utt:
             layers = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
-            # states above the deepest selected layer were not computed: keep the indices
-            layers += [None] * (n_states - len(layers)) if len(layers) > 1 else []
+            layers += [None] * (n_states - len(layers))
             results.append(pool(select_layers(layers, self.layer), self.pooling))
         return results
 
