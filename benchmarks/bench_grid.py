@@ -37,6 +37,7 @@ from _common import (
     load_manifest,
     write_section,
 )
+from emobridge.fileio import write_text_atomic
 
 CORPORA = ("ravdess", "emodb", "emovo", "ased", "emotiontts")
 LANG = {"ravdess": "English", "emodb": "German", "emovo": "Italian", "ased": "Amharic",
@@ -55,6 +56,17 @@ ABLATION = [  # (row, features, method parameters)
     ("+ RMS-levelled audio (B)", "rms3", {"views": 1, "normalise": "per_corpus"}),
     ("+ per-speaker z (auto)", "rms3", {"views": 1}),
     ("+ layers 2-4 ensemble = recipe", "rms", {}),
+]
+#: Shipped neural methods on the recipe's layer-3 features (RMS audio), per-corpus z (the
+#: shipped configs' default), MLP backbone, fixed epochs and no early stopping (so the final
+#: model is the adapted one); fixed before any of these rows was scored.
+BASELINE_COMMON = {"backbone": "mlp", "normalise": "per_corpus"}
+BASELINES = [  # (row, method, parameters)
+    ("source_only", "source_only", {"epochs": 30}),
+    ("DANN", "dann", {"epochs": 30}),
+    ("NNPM", "nnpm", {"epochs": 30, "pretrain_epochs": 30}),
+    ("soft PL", "pseudo_label", {"mode": "soft", "epochs": 60, "pseudo_label_every_epochs": 15}),
+    ("hard PL", "pseudo_label", {"mode": "hard", "epochs": 60, "pseudo_label_every_epochs": 15}),
 ]
 
 
@@ -87,7 +99,7 @@ def load_data(corpora: Path, names: list[str], store: Path) -> dict[str, dict]:
 
 
 def score(data: dict, src: tuple[str, ...], tgt: str, variant: str, params: dict,
-          k: int, seed: int) -> tuple[float, float]:
+          k: int, seed: int, method: str = "recommended") -> tuple[float, float]:
     """UA of one fit and its seconds (k labelled target utterances left out of the score)."""
     from emobridge.methods import EmotionData, build_method
     from emobridge.metrics import unweighted_average_recall
@@ -102,23 +114,29 @@ def score(data: dict, src: tuple[str, ...], tgt: str, variant: str, params: dict
             c < k % 4)] for c in range(len(target.classes))])
         labelled, test = target.subset(pick), np.setdiff1d(test, pick)
     t0 = time.perf_counter()
-    method = build_method("recommended", seed=seed, **params).fit(
+    fitted = build_method(method, seed=seed, **params).fit(
         source, target.without_labels(), labelled)
-    pred = method.predict(target.subset(test))
+    pred = fitted.predict(target.subset(test))
     return 100 * unweighted_average_recall(target.labels[test], pred), time.perf_counter() - t0
 
 
-def run_grid(data: dict, names: list[str], seeds: int, cache: Path) -> dict:
+def run_grid(data: dict, names: list[str], seeds: int, cache: Path,
+             baselines: bool = True) -> dict:
     done = json.loads(cache.read_text()) if cache.exists() else {}
-    rows = [(label, variant, params, 0, 0) for label, variant, params in ABLATION]
-    rows += [(ABLATION[0][0], "raw", ABLATION[0][2], 25, s) for s in range(seeds)]
-    rows += [(ABLATION[-1][0], "rms", {}, 25, s) for s in range(seeds)]
-    for (label, variant, params, k, seed), (src, tgt) in itertools.product(rows, tasks(names)):
+    rows = [(label, variant, params, 0, 0, "recommended") for label, variant, params in ABLATION]
+    rows += [(ABLATION[0][0], "raw", ABLATION[0][2], 25, s, "recommended")
+             for s in range(seeds)]
+    rows += [(ABLATION[-1][0], "rms", {}, 25, s, "recommended") for s in range(seeds)]
+    if baselines:  # neural fits differ by seed at k = 0 too
+        rows += [(label, "rms3", {**BASELINE_COMMON, **params}, k, s, method)
+                 for k in (0, 25) for label, method, params in BASELINES for s in range(seeds)]
+    for (label, variant, params, k, seed, method), (src, tgt) in itertools.product(
+            rows, tasks(names)):
         key = f"{label}|k={k}|seed={seed}|{'+'.join(src)}>{tgt}"
         if key not in done:
-            ua, secs = score(data, src, tgt, variant, params, k, seed)
+            ua, secs = score(data, src, tgt, variant, params, k, seed, method)
             done[key] = {"ua": ua, "seconds": secs}
-            cache.write_text(json.dumps(done))
+            write_text_atomic(cache, json.dumps(done))
             print(f"{key}: {ua:.1f} ({secs:.1f} s)", flush=True)
     return done
 
@@ -134,7 +152,9 @@ def _ci(values: list[float]) -> str:
 
 
 def _get(done: dict, label: str, k: int, seeds: int, src: tuple, tgt: str) -> list[float]:
-    keys = [f"{label}|k={k}|seed={s}|{'+'.join(src)}>{tgt}" for s in range(seeds if k else 1)]
+    """UAs of one row and task (the recipe's k = 0 rows: one deterministic seed)."""
+    one = k == 0 and label in {row[0] for row in ABLATION}
+    keys = [f"{label}|k={k}|seed={s}|{'+'.join(src)}>{tgt}" for s in range(1 if one else seeds)]
     return [done[key]["ua"] for key in keys if key in done]
 
 
@@ -173,6 +193,7 @@ def report(done: dict, names: list[str], seeds: int, seconds: float) -> str:
         prev = float(np.mean(vals))
     k25 = [np.mean(_get(done, recipe, 25, seeds, s, t)) for s, t in tasks(names)]
     secs = [v["seconds"] for key, v in done.items() if key.startswith(recipe + "|k=0")]
+    base_lines = baseline_table(done, names, seeds)
     return "\n".join([
         "## Cross-lingual grid (`benchmarks/bench_grid.py`)", "",
         f"Corpora: {', '.join(f'{n} ({LANG[n]})' for n in names)}; 4 classes; every directed "
@@ -187,7 +208,41 @@ def report(done: dict, names: list[str], seeds: int, seconds: float) -> str:
         f"CPU cores; one recipe adaptation takes {np.median(secs):.1f} s (median; max "
         f"{np.max(secs):.1f} s) after feature extraction.", "", *lines, "",
         "### Ablation (k = 0, one ingredient at a time)", "", *abl, "",
-        f"Recipe at k = 25: mean {np.mean(k25):.1f}.", ""])
+        f"Recipe at k = 25: mean {np.mean(k25):.1f}.", "", *base_lines])
+
+
+def baseline_table(done: dict, names: list[str], seeds: int) -> list[str]:
+    """The shipped neural methods beside the recipe, per task, k = 0 and k = 25."""
+    labels = [row[0] for row in BASELINES]
+    if not any(key.startswith(labels[0] + "|") for key in done):
+        return []
+    recipe = ABLATION[-1][0]
+    cols = [(label, k) for k in (0, 25) for label in [*labels, recipe]]
+    lines = ["### Shipped methods beside the recipe (UA %, mean ± std over seeds)", "",
+             "Neural rows: MLP on the recipe's layer-3 features (RMS audio), per-corpus z, "
+             "fixed epochs, no early stopping (the final, adapted model is scored); "
+             f"{seeds} seeds at k = 0 and at k = 25. Same transductive protocol and k = 25 "
+             "draws as above.", "",
+             "| task | " + " | ".join(f"{'recipe' if lb == recipe else lb} k={k}"
+                                     for lb, k in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    per_col: dict = {c: [] for c in cols}
+    for src, tgt in tasks(names):
+        cells = []
+        for label, k in cols:
+            vals = _get(done, label, k, seeds, src, tgt)
+            if vals:
+                per_col[(label, k)].append(float(np.mean(vals)))
+            cells.append(_fmt(vals))
+        lines.append(f"| {task_name(src, tgt)} | " + " | ".join(cells) + " |")
+    lines.append("| **mean [95 % CI]** | " + " | ".join(
+        f"**{_ci(per_col[c])}**" if per_col[c] else "-" for c in cols) + " |")
+    secs = {lb: [v["seconds"] for key, v in done.items() if key.startswith(lb + "|")]
+            for lb in [*labels, recipe]}
+    lines += ["", "Seconds per run (median over the grid's fits, 1 torch thread): " + ", ".join(
+        f"{'recipe' if lb == recipe else lb} {np.median(v):.1f} s" for lb, v in secs.items()
+        if v) + ".", ""]
+    return lines
 
 
 def main() -> None:

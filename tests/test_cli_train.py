@@ -135,3 +135,19 @@ def test_recommended_is_the_default_method(experiment, capsys):
     assert metrics["method"] == "recommended" and metrics["test"]["ua"] > 0.5
     assert json.loads((out / "config.json").read_text())["params"]["rounds"] == \
         [0.2, 0.4, 0.6, 0.8]
+
+
+def test_few_shot_in_seconds_and_bad_sizes(experiment, capsys):
+    """--target-labelled-k takes seconds of speech ("1s") as the config's few_shot does;
+    the labelled rows then hold at least that much speech, more than a 1-utterance draw."""
+    root, src, tgt = experiment
+    out = root / "secs"
+    assert main(_args(root, src, tgt, out, "--target-labelled-k", "1s")) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["target_labelled_k"] == "1s"
+    assert config["data"]["target_labelled"]["utterances"] >= 4  # fixture clips last 0.3 s
+    for bad in ("abc", "-3", "3 s"):
+        assert main(_args(root, src, tgt, root / f"bad{len(bad)}", "--target-labelled-k",
+                          bad)) == 1
+        err = capsys.readouterr().err
+        assert f"--target-labelled-k {bad!r}" in err and len(err.strip().splitlines()) == 1

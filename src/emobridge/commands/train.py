@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from emobridge.errors import ConfigError
+from emobridge.errors import ConfigError, EmobridgeError
 
 console = Console()
 
@@ -23,6 +23,19 @@ def _ratios(text: str) -> tuple[float, ...]:
     except ValueError:
         raise ConfigError(f"--target-ratios {text!r}: expected numbers like 0.6,0.2,0.2"
                           ) from None
+
+
+def _few_shot(text: str) -> int | str:
+    """``--target-labelled-k``: ``"25"`` -> 25 utterances, ``"150s"`` -> seconds of speech."""
+    from emobridge.protocols import parse_few_shot
+
+    value: int | str = int(text) if text.strip().isdigit() else text.strip()
+    try:
+        parse_few_shot(value)
+    except EmobridgeError:
+        raise ConfigError(f"--target-labelled-k {text!r}: expected a number of utterances "
+                          "(25) or seconds of speech (150s)") from None
+    return value
 
 
 def _corpus_mapping(items: list[str] | None, what: str) -> dict[str, str | None]:
@@ -98,8 +111,9 @@ MapSourceOpt = Annotated[list[str] | None, Opt(
     "emotion), applied before --map; repeatable.")]
 MapTargetOpt = Annotated[list[str] | None, Opt(
     "--map-target", help="The target corpus's own mapping FROM=TO, as --map-source.")]
-KOpt = Annotated[int, Opt("--target-labelled-k", min=0,
-                          help="Labelled target utterances (few-shot).")]
+KOpt = Annotated[str, Opt("--target-labelled-k",
+                          help="Labelled target speech (few-shot): a number of utterances "
+                          "(25) or seconds of speech (150s).")]
 RatiosOpt = Annotated[str, Opt("--target-ratios",
                                help="Target speaker shares train,val,test.")]
 ValidationOpt = Annotated[str, Opt(
@@ -121,7 +135,7 @@ def train(
     source: SourceOpt, target: TargetOpt, store: StoreOpt, out: OutOpt,
     extractor: ExtractorOpt = None, method: MethodOpt = "recommended", param: ParamOpt = None,
     label_set: LabelSetOpt = "4class", map_: MapOpt = None, map_source: MapSourceOpt = None,
-    map_target: MapTargetOpt = None, target_labelled_k: KOpt = 0,
+    map_target: MapTargetOpt = None, target_labelled_k: KOpt = "0",
     target_ratios: RatiosOpt = "0.6,0.2,0.2", validation: ValidationOpt = "source",
     seed: SeedOpt = 0, device: DeviceOpt = "auto", compute_missing: ComputeOpt = False,
     resume: ResumeOpt = False, save_model: SaveOpt = True, progress: ProgressOpt = False,
@@ -150,7 +164,7 @@ def train(
     if extractor is None:
         raise ConfigError(f"method {method!r} has no default features: give -e SPEC")
     prepare_output_dir(out, marker="run.json", allow=(".lock",))
-    k: int | str = "all" if needs_target_labels(cls) else target_labelled_k
+    k: int | str = "all" if needs_target_labels(cls) else _few_shot(target_labelled_k)
     data = load_experiment_data(
         source, target, store, extractor, label_set=label_set,
         mapping=parse_pairs(map_ or [], "--map", typed=False), seed=seed,
