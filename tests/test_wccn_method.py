@@ -54,6 +54,16 @@ def test_learns_and_round_trips(tmp_path, frames, wccn):
                                atol=1e-6)
 
 
+def test_optimizer_is_the_papers_adagrad_with_the_shared_schedule():
+    method = build_method("deep_wccn", **_params(lr_decay_every_epochs=2, lr_decay_gamma=0.5))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    model[0].weight.requires_grad_(False)  # frozen parameters stay out of Adagrad
+    optimizer, scheduler = method.configure_optimizer(model, method.train_config())
+    assert isinstance(optimizer, torch.optim.Adagrad)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 3
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.step_size == 2
+
+
 def test_languages_repeated_to_the_largest_and_few_shot_rows_join():
     source = EmotionData.concat([gaussians(40, 0), gaussians(10, 1, language="en")])
     few = gaussians(4, 3, language="it")

@@ -319,15 +319,10 @@ class DeepWCCNMethod(NeuralMethod):
             train = train.subset(balance_by_repetition(groups))
         return {"train": train}
 
-    def configure_optimizer(self, model: nn.Module, config: TrainConfig):
+    def make_optimizer(self, model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         """Adagrad (paper section 4.5) with the configured lr and weight decay."""
-        optimizer = torch.optim.Adagrad([p for p in model.parameters() if p.requires_grad],
-                                        lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = None
-        if config.lr_decay_every_epochs > 0 and config.lr_decay_gamma != 1.0:
-            scheduler = torch.optim.lr_scheduler.StepLR(
-                optimizer, step_size=config.lr_decay_every_epochs, gamma=config.lr_decay_gamma)
-        return optimizer, scheduler
+        return torch.optim.Adagrad([p for p in model.parameters() if p.requires_grad],
+                                   lr=config.lr, weight_decay=config.weight_decay)
 
     def training_step(self, batches: dict[str, Batch], ctx: EpochContext
                       ) -> dict[str, torch.Tensor]:

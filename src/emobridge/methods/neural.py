@@ -60,7 +60,7 @@ CSV). A one-phase method overrides ``training_streams`` and ``training_step`` (p
             return {"loss": ce + self.alpha * other, "ce": ce.detach(), "other": other}
 
 The :class:`~emobridge.training.TrainingTask` hooks (``on_fit_start``, ``on_epoch_start``,
-``on_epoch_end``, ``validate``, ``predict_logits``, ``configure_optimizer``,
+``on_epoch_end``, ``validate``, ``predict_logits``, ``make_optimizer`` / ``configure_optimizer``,
 ``training_state`` / ``load_training_state``) work as documented there.
 """
 

@@ -89,13 +89,18 @@ class TrainingTask:
     :meth:`training_state` / :meth:`load_training_state`.
     """
 
+    def make_optimizer(self, model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+        """Adam over every parameter (frozen ones get no gradient, so Adam skips them);
+        override for another optimizer (Deep-WCCN: Adagrad)."""
+        return torch.optim.Adam(model.parameters(), lr=config.lr,
+                                weight_decay=config.weight_decay)
+
     def configure_optimizer(
         self, model: nn.Module, config: TrainConfig
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-        """Adam over every parameter (frozen ones get no gradient, so Adam skips them) and a
-        StepLR (``lr_decay_gamma`` every ``lr_decay_every_epochs``, stepped once per epoch)."""
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
-                                     weight_decay=config.weight_decay)
+        """:meth:`make_optimizer` and a StepLR (``lr_decay_gamma`` every
+        ``lr_decay_every_epochs``, stepped once per epoch; none when either is neutral)."""
+        optimizer = self.make_optimizer(model, config)
         scheduler = None
         if config.lr_decay_every_epochs > 0 and config.lr_decay_gamma != 1.0:
             scheduler = torch.optim.lr_scheduler.StepLR(
