@@ -120,7 +120,10 @@ class RandomForestMethod(AdaptationMethod):
         4.3; the few-shot target rows count as one more language).
     normalise:
         Standardisation before WCCN and the forest (see
-        :class:`~emobridge.methods.normalise.FeatureNormaliser`).
+        :class:`~emobridge.methods.normalise.FeatureNormaliser`). Default ``"per_corpus"``:
+        trees split on absolute thresholds, so a corpus recorded at another level (EMO-DB
+        is peak-normalised, RAVDESS is not) falls on one side of them; on raw eGeMAPS,
+        RAVDESS -> EMO-DB predicted one class. ``"none"`` gives the paper's raw functionals.
     seed:
         ``random_state`` of the forest.
     """
@@ -142,7 +145,7 @@ class RandomForestMethod(AdaptationMethod):
         wccn: bool = False,
         wccn_smoothing: float = 0.0,
         balance_languages: bool = True,
-        normalise: Normalise = "none",
+        normalise: Normalise = "per_corpus",
         seed: int = 0,
     ) -> None:
         self._store_params(locals())
