@@ -27,11 +27,12 @@ settings skips them (a run with other settings starts afresh). Writes the ``mmd`
 ``benchmarks/RESULTS.md`` (between ``<!-- mmd:start -->`` and ``<!-- mmd:end -->``).
 
 Full run (2 CPU cores; reduced VGG: depth 11, 48 x 48 images, width 0.25, FC 256, 1 x 1
-pooling; epochs cut, see the options). The defaults aim at about 30 minutes with the feature
-cache filled (estimated from step timings of the reduced VGG on a loaded machine, not from a
-full run; Whisper-base extraction adds about 5 minutes to an empty cache); the table's
-seconds per epoch say what a run took. Interrupted or over budget: rerun the same command
-(finished runs are kept), or lower ``--seeds`` / the epochs::
+pooling; epochs cut, see the options). Measured 2026-11-28 with the feature cache filled, on
+2 CPU cores shared with other benchmarks: the fits summed to 65 min, 15 of them VGG, under 1
+MLP and 50 SNSA over whole log-mel utterances (so ``--systems vgg mlp`` fits 30 minutes; the
+default does not); Whisper-base extraction adds about 3 minutes to an empty cache. The
+table's seconds per epoch say what a run took. Interrupted or over budget: rerun the same
+command (finished runs are kept), or lower ``--seeds`` / the epochs::
 
     .venv/bin/python benchmarks/bench_mmd.py ../shared/corpora
 
@@ -225,6 +226,10 @@ def run_one(system: str, method: str, seed: int, data: dict, args: argparse.Name
                        for r in history if r.get("phase", "source") == "source"]}
 
 
+#: Settings added after runs were recorded, with the value those runs used.
+ADDED_SETTINGS = {"vgg_lr": 1e-4}
+
+
 def _settings(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in SETTINGS}
 
@@ -234,7 +239,8 @@ def load_done(path: Path, settings: dict) -> list[dict]:
     if not path.exists():
         return []
     saved = json.loads(path.read_text(encoding="utf-8"))
-    if saved.get("settings") != settings:
+    recorded = {**ADDED_SETTINGS, **saved.get("settings", {})}  # older records lack them
+    if recorded != settings:
         print(f"{path}: recorded with other settings; starting afresh", flush=True)
         return []
     return list(saved.get("runs", []))
@@ -334,8 +340,8 @@ def render(runs: list[dict], args: argparse.Namespace, total_s: float) -> str:
     ]
     if args.limit:
         lines += [f"**Smoke run on {args.limit} utterances per corpus: not a result.**", ""]
-    lines += ["| task | system | method | UA | WA | paper UA / WA | s / epoch | epochs run |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| task | system | method | UA | WA | paper UA / WA | s / epoch | epochs run | "
+              "seeds | best source-val UA |", "|---|---|---|---|---|---|---|---|---|---|"]
     for task in dict.fromkeys(r["task"] for r in runs):
         for system in dict.fromkeys(r["system"] for r in runs if r["task"] == task):
             for method in METHODS[system]:
@@ -351,14 +357,22 @@ def render(runs: list[dict], args: argparse.Namespace, total_s: float) -> str:
                 lines.append(
                     f"| {task} | {SYSTEMS[system][2]} | {_label(system, method)} | "
                     f"{_cell([r['ua'] for r in sel])} | {_cell([r['wa'] for r in sel])} | "
-                    f"{ref} | {s_txt} | {np.mean([r['epochs_run'] for r in sel]):.0f} |")
+                    f"{ref} | {s_txt} | {np.mean([r['epochs_run'] for r in sel]):.0f} | "
+                    f"{len(sel)} | {_best_val(sel)} |")
     note = _phase1_note(runs)
     lines += ["", "Paper figures: Table 6 (task 3, TL 50.65 / 50.47, DA-based TL 58.01 / "
               "53.47; Table 4 gives 58 / 57 for the latter) and Table 4 (task 4, 50 / 50).",
               *([note] if note else []), "",
-              f"Total wall time of this invocation {total_s / 60:.1f} min ({args.threads} "
-              f"threads). Command: `{args.command}`."]
+              f"Fits: {sum(r['time_s'] for r in runs) / 60:.1f} min in all (sum of the recorded "
+              f"runs, resumed invocations included; this invocation {total_s / 60:.1f} min, "
+              f"{args.threads} threads). Command: `{args.command}`."]
     return "\n".join(lines) + "\n"
+
+
+def _best_val(runs: list[dict]) -> str:
+    """Mean over runs of the best phase-1 (supervised) source-validation UA, in %."""
+    best = [100 * max(r["phase1"]) for r in runs if r.get("phase1")]
+    return f"{np.mean(best):.1f}" if best else "-"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -59,3 +59,29 @@ def test_cli_unset_variable_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "EMOB_UNSET" in err[0] and "output_dir" in err[0]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("method, params, says", [
+    ("source_only", "{domain_loss: none, domain_loss_params: {kernel: gaussian}}",
+     "unknown options"),
+    ("deep_wccn", "{smoothing: 2.0}", "smoothing must be in"),
+    ("recommended", "{rounds: [0.5, 1.5]}", "rounds must be fractions"),
+])
+def test_method_rules_are_checked_when_the_config_loads(tmp_path, capsys, method, params,
+                                                        says):
+    """A value every type check accepts but the method refuses fails at load time, naming
+    the method's key, before any corpus is read or feature extracted."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "corpora:\n  - {id: syn, reader: synthetic, options: {languages: [aa, bb]}}\n"
+        "protocol: {domain: language, pairs: all_pairs}\n"
+        "features: {extractors: [logmel]}\n"
+        f"methods:\n  - {{name: ok, method: source_only}}\n"
+        f"  - {{name: bad, method: {method}, params: {params}}}\n"
+        f"output_dir: {tmp_path / 'out'}\n")
+    with pytest.raises(ConfigError, match=f"methods.1.params: .*{says}"):
+        load_config(path)
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "methods.1.params" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -48,7 +48,7 @@ from pydantic import (
     model_validator,
 )
 
-from emobridge.errors import ConfigError
+from emobridge.errors import ConfigError, EmobridgeError
 
 #: Readers the runner handles itself (besides the registered corpus readers).
 SPECIAL_READERS = ("synthetic", "manifest")
@@ -867,8 +867,14 @@ def _check_registries(cfg: ExperimentConfig, source: str, errors: list[str]) -> 
             errors.append(f"{source}: methods.{i}.method: unknown method {m.method!r}; "
                           f"known: {', '.join(methods) or '(none registered)'}")
             continue
+        n_errors = len(errors)
         m.params = _check_params(methods[m.method], m.params, f"methods.{i}.params", source,
                                  errors, skip=RESERVED_METHOD_PARAMS)
+        if len(errors) == n_errors:  # types fine: the method's own rules, before any data
+            try:
+                methods[m.method](**m.params).check_settings()
+            except (EmobridgeError, TypeError, ValueError) as exc:
+                errors.append(f"{source}: methods.{i}.params: {exc}")
 
 
 def load_config(

@@ -117,6 +117,12 @@ class AdaptationMethod(ABC):
                 raise ConfigError(f"{self.name}: parameter {name}={value!r} should be "
                                   f"{_describe_hint(hint)}")
 
+    def check_settings(self) -> None:
+        """Check every parameter before any data is read (types, then the method's own
+        rules); a bad value raises :class:`ConfigError`. ``fit`` runs it, and so does config
+        validation, so a shipped or user config fails before hours of extraction."""
+        self.check_param_types()
+
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters (as scikit-learn's ``get_params``)."""
         return {k: getattr(self, k) for k in self.param_names()}

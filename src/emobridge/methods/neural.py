@@ -5,9 +5,10 @@ A subclass is a :class:`NeuralMethod` (so an :class:`~emobridge.methods.base.Ada
 *and* a :class:`~emobridge.training.TrainingTask`, and is only its own maths: it overrides the
 hooks it needs and nothing else. :meth:`NeuralMethod.fit` always runs, in this order:
 
-1. ``check_param_types()`` (every parameter against its annotation), then
+1. ``check_settings()``: ``check_param_types()`` (every parameter against its annotation),
    ``check_params()`` -- the method's own value checks (raise
-   :class:`~emobridge.errors.ConfigError`); default: nothing.
+   :class:`~emobridge.errors.ConfigError`); default: nothing -- and the domain-loss
+   settings. Config validation runs it too, before any data is read.
 2. Shared input checks: non-empty, fully labelled source; every input with the source's
    classes and feature shape; ``target_labelled`` fully labelled. The labels of
    ``target_unlabelled`` are then hidden: no hook can read them.
@@ -413,7 +414,10 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
             self.model_.embed(batch.x, batch.mask)
         return self.layer_rows(seen[0][1], batch)
 
-    def _check_domain_loss(self) -> None:
+    def check_settings(self) -> None:
+        """Types, :meth:`check_params` and the domain-loss settings."""
+        super().check_settings()
+        self.check_params()
         check_domain_loss(self.domain_loss, self.domain_loss_params)
         if not float(self.domain_loss_weight) >= 0:
             raise ConfigError(f"{self.name}: domain_loss_weight must be >= 0, got "
@@ -471,9 +475,7 @@ class NeuralMethod(AdaptationMethod, TrainingTask):
         validation: EmotionData | None = None,
     ) -> NeuralMethod:
         """Train; the fixed sequence of hooks is in the module docstring."""
-        self.check_param_types()
-        self.check_params()
-        self._check_domain_loss()
+        self.check_settings()
         data = self.select_data(self._inputs(source, target_unlabelled, target_labelled,
                                              validation))
         if self.domain_loss != "none" and data.target is None:

@@ -173,7 +173,7 @@ class RandomForestMethod(AdaptationMethod):
             target_labelled: EmotionData | None = None,
             validation: EmotionData | None = None) -> RandomForestMethod:
         """Fit the (WCCN and) forest on source + ``target_labelled``."""
-        self.check_param_types()
+        self.check_settings()
         if not len(source) or not source.is_labelled:
             raise EmobridgeError("random_forest: source data must be non-empty and labelled")
         parts = [source] + ([target_labelled] if target_labelled is not None

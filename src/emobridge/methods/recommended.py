@@ -96,8 +96,9 @@ class Recommended(AdaptationMethod):
         self._store_params(locals())
 
     # -- checks and data -----------------------------------------------------------------
-    def _check(self, source: EmotionData) -> None:
-        self.check_param_types()
+    def check_settings(self) -> None:
+        """Types, then the recipe's own value rules."""
+        super().check_settings()
         if not isinstance(self.views, int) or self.views < 1:
             raise ConfigError(f"recommended: views must be an int >= 1, got {self.views!r}")
         if any(not 0 < float(r) <= 1 for r in self.rounds):
@@ -106,6 +107,9 @@ class Recommended(AdaptationMethod):
         if not 0 < self.confound_share <= 1:
             raise ConfigError(f"recommended: confound_share must be in (0, 1], got "
                               f"{self.confound_share!r}")
+
+    def _check(self, source: EmotionData) -> None:
+        self.check_settings()
         if not len(source) or not source.is_labelled:
             raise EmobridgeError("recommended: source data must be non-empty and labelled")
         if source.is_sequence:
