@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+
+@pytest.fixture(autouse=True)
+def _python_sigint_handler():
+    """Run every test with Python's own SIGINT handler. A non-interactive shell starts
+    background jobs (``pytest ... &``) with SIGINT ignored, and that disposition is inherited
+    by the subprocesses the Ctrl-C tests signal, which would then never see KeyboardInterrupt;
+    a Python handler is reset to the default on exec, so children start with it too."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 def voiced_tone(duration_s: float = 1.0, f0_hz: float = 150.0, sample_rate_hz: int = 16_000,
                 seed: int = 0) -> np.ndarray:
