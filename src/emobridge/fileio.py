@@ -72,6 +72,20 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
                                        allow_nan=False) + "\n")
 
 
+def read_json(path: str | os.PathLike[str], missing: str) -> Any:
+    """The JSON document at ``path``; :class:`EmobridgeError` with ``missing`` when there is
+    no such file, and one naming the file when it cannot be read or parsed."""
+    from emobridge.errors import EmobridgeError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EmobridgeError(missing) from None
+    except (OSError, ValueError) as exc:
+        raise EmobridgeError(f"{path}: unreadable ({exc})") from None
+
+
 def jsonable(obj: Any) -> Any:
     """``obj`` with numpy scalars / arrays turned into Python values, paths into strings and
     NaN / inf into ``None`` (strict JSON); anything else unknown becomes its ``str``."""

@@ -16,14 +16,13 @@ Loading checks the format version and every checksum before reading any array an
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emobridge.errors import EmobridgeError
-from emobridge.fileio import prepare_output_dir, write_json_atomic, write_text_atomic
+from emobridge.fileio import prepare_output_dir, read_json, write_json_atomic, write_text_atomic
 
 __all__ = ["BUNDLE_JSON", "FORMAT", "FORMAT_VERSION", "Bundle", "load_bundle", "save_bundle",
            "sha256_file", "training_summary"]
@@ -141,12 +140,7 @@ def read_bundle_meta(directory: str | Path) -> dict[str, Any]:
     path = directory / BUNDLE_JSON
     if not directory.is_dir():
         raise EmobridgeError(f"{directory}: model bundle folder not found")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EmobridgeError(f"{directory}: not a model bundle (no {BUNDLE_JSON})") from None
-    except (OSError, ValueError) as exc:
-        raise EmobridgeError(f"{path}: unreadable ({exc})") from None
+    meta = read_json(path, f"{directory}: not a model bundle (no {BUNDLE_JSON})")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise EmobridgeError(f"{path}: not an emobridge bundle (format "
                              f"{meta.get('format') if isinstance(meta, dict) else None!r})")

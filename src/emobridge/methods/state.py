@@ -7,7 +7,6 @@ Nothing here pickles: the metadata is strict JSON, the arrays go to a safetensor
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from emobridge.errors import EmobridgeError
-from emobridge.fileio import atomic_open, write_json_atomic
+from emobridge.fileio import atomic_open, read_json, write_json_atomic
 from emobridge.methods.normalise import FeatureNormaliser
 
 #: File names of a saved method (the bundle uses the same weights file name).
@@ -114,12 +113,7 @@ def read_method_files(directory: str | Path) -> tuple[dict[str, Any], dict[str, 
     """The ``(meta, arrays)`` of a folder written by :func:`save_method_files`."""
     directory = Path(directory)
     path = directory / METHOD_JSON
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EmobridgeError(f"{directory}: no method.json (not a saved method)") from None
-    except (OSError, ValueError) as exc:
-        raise EmobridgeError(f"{path}: unreadable ({exc})") from None
+    meta = read_json(path, f"{directory}: no method.json (not a saved method)")
     if not isinstance(meta, dict) or "method" not in meta:
         raise EmobridgeError(f"{path}: not a saved method (no 'method' entry)")
     return meta, read_arrays(directory / meta.get("weights", WEIGHTS_FILE))
