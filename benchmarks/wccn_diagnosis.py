@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/wccn_diagnosis.py [--corpora ../shared/corpora]
 
 For each held-out language (whole corpora: train on the other two, 4 classes, eGeMAPS and
-emobase from the feature store, raw functionals as the forest's default), before and after
+emobase from the feature store, raw functionals as the paper's rows), before and after
 the WCCN fitted on the training languages, in the coordinates the trees split on: the median
 over dimensions of the shift between the training and held-out means in units of that
 dimension's within-class standard deviation (``|mu_train - mu_test| / sqrt(W_jj)``), the
@@ -57,7 +57,8 @@ def main() -> None:
             train = EmotionData.concat([data[n] for n in LOLO if n != held])
             test = data[held]
             for wccn in (False, True):
-                rf = build_method("random_forest", wccn=wccn, seed=0).fit(train)
+                rf = build_method("random_forest", wccn=wccn, normalise="none",
+                                  seed=0).fit(train)
                 x_tr, x_te = rf.embed(train), rf.embed(test)
                 shift, out = stats(x_tr, train.labels, x_te)
                 pred = rf.predict(test)
