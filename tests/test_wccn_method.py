@@ -104,7 +104,11 @@ def test_statistics_pooling_ignores_padding():
 
 
 @pytest.mark.parametrize("params, match", [
-    ({"ssl_loss_weight": 0.1}, "not available yet"),
+    ({"ssl_loss_weight": 0.1}, "needs encoder 'hf' with trainable_layers: all"),
+    ({"ssl_loss_weight": -1.0}, "ssl_loss_weight must be >= 0"),
+    ({"ssl_mask_prob": 0.0}, "ssl_mask_prob in"),
+    ({"encoder": "whisper", "trainable_layers": "all"}, "only encoder 'hf'"),
+    ({"encoder": "hf", "trainable_layers": "most"}, "trainable_layers"),
     ({"encoder": "wav2vec"}, "null, 'whisper' or 'hf'"),
     ({"smoothing": 1.5}, "smoothing"),
     ({"encoder": "whisper"}, "needs frame features"),
@@ -200,7 +204,7 @@ def _tiny_hf(kind: str, stable: bool):
 @pytest.mark.parametrize("kind, stable", [("wav2vec2", True), ("wav2vec2", False),
                                           ("hubert", False)])
 def test_hf_top_layers_on_cached_frames_equal_the_full_model(kind, stable):
-    from emobridge.methods.deep_wccn import HFTopLayers
+    from emobridge.models.hf_encoder import HFTopLayers
 
     model = _tiny_hf(kind, stable)
     with torch.no_grad():
@@ -221,7 +225,7 @@ def test_hf_top_layers_on_cached_frames_equal_the_full_model(kind, stable):
 
 
 def test_hf_wavlm_refused():
-    from emobridge.methods.deep_wccn import HFTopLayers
+    from emobridge.models.hf_encoder import HFTopLayers
 
     with pytest.raises(ConfigError, match="'wavlm'"):
         HFTopLayers(_tiny_hf("wavlm", False), 1)

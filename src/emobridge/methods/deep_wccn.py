@@ -23,15 +23,24 @@ Inputs (``encoder``):
 - ``"hf"``: the same with a Hugging Face wav2vec 2.0 / XLS-R / HuBERT encoder
   (``encoder_model``: a hub id, an alias of the ``hf`` extractor such as ``xlsr-53``, or a
   local folder) on frames of ``hf:model=<same>,layer=K,pooling=none``, ``K = total - N``
-  (XLS-R 53 has 24 layers; ``N = 24`` fine-tunes the whole transformer, the paper's setting
-  but for the frozen convolutional front end). WavLM's layers share a relative position
-  bias computed in the first layer, so starting above it is refused.
+  (XLS-R 53 has 24 layers; ``N = 24`` fine-tunes every transformer layer). WavLM's layers
+  share a relative position bias computed in the first layer, so starting above it is
+  refused. ``trainable_layers="all"`` fine-tunes everything above the convolutional front
+  end (feature projection, positional convolution, every layer; the paper's setting, whose
+  front end wav2vec 2.0 fine-tuning freezes too) on the front end's cached output,
+  ``hf:model=<same>,layer=cnn,pooling=none``.
 
-Not available yet (a :class:`~emobridge.errors.ConfigError` says so): the paper's auxiliary
-wav2vec 2.0 self-supervised loss (``ssl_loss_weight``), which needs the whole pre-training
-model on raw audio. Note on the paper's numbers: its 0.1 is the
-weight of the diversity loss inside the wav2vec 2.0 loss (its eq. 3); the weight of the whole
-wav2vec 2.0 loss beside the cross-entropy (its eq. 9) was tuned to 8e-4 .. 1.7e-3 (Table 3).
+The paper's auxiliary wav2vec 2.0 loss (its eq. 9: ``CE + ssl_loss_weight * L_w2v``) needs
+``encoder="hf"``, ``trainable_layers="all"`` and a wav2vec 2.0 pre-training checkpoint (with
+its quantizer, e.g. ``facebook/wav2vec2-large-xlsr-53``; a fine-tuned ASR checkpoint has
+none and is refused). Each training batch then makes one masked pass
+(:meth:`~emobridge.models.hf_encoder.HFTransformer.forward_ssl`; spans of 10 frames started
+with probability ``ssl_mask_prob``, wav2vec 2.0's 0.065 by default): the contrastive and
+diversity losses come from the masked frames and the classifier pools the same pass, as
+wav2vec 2.0 fine-tuning masks its input. Prediction runs unmasked. ``L_w2v`` is summed over
+masked frames (``transformers``' convention), which is why the paper's tuned weights are
+small: 8e-4 .. 1.7e-3 (its Table 3); its 0.1 is the diversity weight inside ``L_w2v`` (eq. 3),
+taken from the checkpoint's config.
 
 Training data: source plus ``target_labelled`` (few-shot target speech, the paper's section
 5.4). ``balance_languages`` repeats the utterances of smaller languages so each training
@@ -43,7 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -53,11 +62,12 @@ from emobridge.methods.base import register_method
 from emobridge.methods.data import EmotionData
 from emobridge.methods.neural import DomainLoss, FeatureNormaliser, NeuralMethod, Normalise
 from emobridge.methods.phases import FitData
+from emobridge.models.hf_encoder import HFTopLayers, HFTransformer
 from emobridge.models.wccn import DeepWCCN
 from emobridge.protocols import balance_by_repetition
 from emobridge.training import Batch, EpochContext, TrainConfig
 
-__all__ = ["DeepWCCNClassifier", "DeepWCCNMethod", "HFTopLayers", "statistics_pooling"]
+__all__ = ["DeepWCCNClassifier", "DeepWCCNMethod", "statistics_pooling"]
 
 
 def statistics_pooling(x: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-5
@@ -89,7 +99,8 @@ class DeepWCCNClassifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.is_sequence = is_sequence
-        pooled = 2 * input_dim if is_sequence else input_dim
+        width = int(getattr(encoder, "output_dim", input_dim))  # an encoder may widen frames
+        pooled = 2 * width if is_sequence else width
         self.fc = nn.Sequential(nn.Linear(pooled, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
         self.wccn = DeepWCCN(hidden_dim, n_classes, smoothing) if wccn else None
         self.norm = nn.LayerNorm(hidden_dim)
@@ -99,9 +110,13 @@ class DeepWCCNClassifier(nn.Module):
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None,
               y: torch.Tensor | None = None) -> torch.Tensor:
         """The classifier's input (after Deep-WCCN and LayerNorm), ``(batch, hidden)``."""
+        if x.dim() == 3 and self.encoder is not None:
+            x = self.encoder(x, mask)
+        return self._head(x, mask, y)
+
+    def _head(self, x: torch.Tensor, mask: torch.Tensor | None, y: torch.Tensor | None
+              ) -> torch.Tensor:
         if x.dim() == 3:
-            if self.encoder is not None:
-                x = self.encoder(x, mask)
             x = statistics_pooling(x, mask)
         h = self.fc(x)
         if self.wccn is not None:
@@ -112,64 +127,11 @@ class DeepWCCNClassifier(nn.Module):
                 y: torch.Tensor | None = None) -> torch.Tensor:
         return self.classifier(self.embed(x, mask, y))
 
-
-#: ``transformers`` model types whose encoder layers take ``(hidden_states, attention_mask)``
-#: alone, so any top slice of them runs on cached hidden states.
-HF_TOP_LAYER_TYPES = ("wav2vec2", "hubert")
-
-
-class HFTopLayers(nn.Module):
-    """The top ``n`` transformer layers of a ``transformers`` wav2vec 2.0 / HuBERT encoder
-    (plus the final LayerNorm of stable-layer-norm models such as XLS-R), run on
-    ``hidden_states[K]``, ``K = layers - n``: ``top(hidden_states[K], mask)`` equals the
-X
-    """
-
-    def __init__(self, model: nn.Module, n_layers: int) -> None:
-        super().__init__()
-        import copy
-
-        config = model.config
-        kind = getattr(config, "model_type", "?")
-        if kind not in HF_TOP_LAYER_TYPES:
-            raise ConfigError(f"deep_wccn: cannot fine-tune the top layers of a {kind!r} "
-                              f"encoder on cached frames (supported: "
-                              f"{', '.join(HF_TOP_LAYER_TYPES)})")
-        total = len(model.encoder.layers)
-        if not 1 <= n_layers <= total:
-            raise ConfigError(f"deep_wccn: trainable_layers={n_layers} but the encoder has "
-                              f"{total} layers")
-        self.config = config
-        self.layers = copy.deepcopy(model.encoder.layers[total - n_layers:])
-        stable = bool(getattr(config, "do_stable_layer_norm", False))
-        self.layer_norm = copy.deepcopy(model.encoder.layer_norm) if stable else None
-
-    @classmethod
-    def from_pretrained(cls, name: str, n_layers: int, input_dim: int) -> HFTopLayers:
-        """Load ``name`` as the ``hf`` extractor does (hub id, alias or folder)."""
-        from emobridge.features.extractors.hf_encoder import HFEncoder
-
-        model = HFEncoder(model=name).load()["model"].cpu()
-        width = int(model.config.hidden_size)
-        if width != input_dim:
-            raise ConfigError(f"deep_wccn: the features have {input_dim} dims but "
-                              f"{name!r} has hidden size {width}")
-        return cls(model, n_layers).float()
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        attention = None
-        if mask is not None and not bool(mask.all()):
-            try:
-                from transformers.masking_utils import create_bidirectional_mask
-
-                attention = create_bidirectional_mask(config=self.config, inputs_embeds=x,
-                                                      attention_mask=mask.long())
-            except ImportError:  # transformers 4: an additive (batch, 1, 1, frames) mask
-                attention = (~mask[:, None, None, :]).to(x.dtype) * torch.finfo(x.dtype).min
-        for layer in self.layers:
-            out = layer(x, attention_mask=attention)
-            x = out[0] if isinstance(out, tuple) else out
-        return x if self.layer_norm is None else self.layer_norm(x)
+    def forward_ssl(self, x: torch.Tensor, mask: torch.Tensor | None, y: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the encoder's wav2vec 2.0 loss from one masked pass (training)."""
+        hidden, ssl = self.encoder.forward_ssl(x, mask)
+        return self.classifier(self._head(hidden, mask, y)), ssl
 
 
 @register_method
@@ -191,9 +153,14 @@ class DeepWCCNMethod(NeuralMethod):
         Whisper: ``"base"`` (offline), a CTranslate2 folder or a ``transformers`` Whisper
         hub id / folder; hf: a hub id, alias or folder.
     trainable_layers:
-        ``N``: encoder layers fine-tuned on frames of layer ``K = total - N``.
+        ``N``: encoder layers fine-tuned on frames of layer ``K = total - N``; ``"all"``
+        (``hf`` only): everything above the convolutional front end, on its output.
     ssl_loss_weight:
-        Weight of the auxiliary wav2vec 2.0 loss; only 0 is available yet.
+        Weight of the auxiliary wav2vec 2.0 loss beside the cross-entropy (paper eq. 9,
+        tuned to about 1e-3); 0 (default) turns it off. Needs ``encoder="hf"``,
+        ``trainable_layers="all"`` and a pre-training checkpoint.
+    ssl_mask_prob:
+        Probability that a frame starts a masked span for that loss (wav2vec 2.0: 0.065).
     balance_languages:
         Repeat smaller training languages to the size of the largest.
     normalise:
@@ -216,8 +183,9 @@ class DeepWCCNMethod(NeuralMethod):
         dropout: float = 0.3,
         encoder: str | None = None,
         encoder_model: str = "base",
-        trainable_layers: int = 2,
+        trainable_layers: int | Literal["all"] = 2,
         ssl_loss_weight: float = 0.0,
+        ssl_mask_prob: float = 0.065,
         balance_languages: bool = True,
         backbone: str = "auto",
         backbone_params: Mapping[str, Any] | None = None,
@@ -258,20 +226,31 @@ class DeepWCCNMethod(NeuralMethod):
             raise ConfigError(f"deep_wccn: dropout must be in [0, 1), got {self.dropout}")
         if self.hidden_dim < 1:
             raise ConfigError(f"deep_wccn: hidden_dim must be >= 1, got {self.hidden_dim}")
-        if self.ssl_loss_weight != 0:
-            raise ConfigError("deep_wccn: ssl_loss_weight (the auxiliary wav2vec 2.0 loss) is "
-                              "not available yet: it needs the whole wav2vec 2.0 pre-training "
-                              "model on raw audio; use 0")
-        if self.encoder is not None and self.trainable_layers < 1:
+        self._check_encoder_params()
+        if self.backbone != "auto" or self.backbone_params:
+            raise ConfigError("deep_wccn: backbone and backbone_params are not used (the "
+                              "architecture is fixed); leave them unset")
+
+    def _check_encoder_params(self) -> None:
+        if self.trainable_layers == "all" and self.encoder != "hf":
+            raise ConfigError("deep_wccn: trainable_layers='all' reads the convolutional front "
+                              "end's output, which only encoder 'hf' has (Whisper: give the "
+                              "number of layers, 6 for base, on layer=0 frames)")
+        if not (self.ssl_loss_weight >= 0 and 0 < self.ssl_mask_prob <= 1):
+            raise ConfigError(f"deep_wccn: ssl_loss_weight must be >= 0 and ssl_mask_prob in "
+                              f"(0, 1], got {self.ssl_loss_weight} and {self.ssl_mask_prob}")
+        if self.ssl_loss_weight > 0 and self.trainable_layers != "all":
+            raise ConfigError("deep_wccn: ssl_loss_weight needs encoder 'hf' with "
+                              "trainable_layers: all (the loss masks the projected front-end "
+                              "output and quantizes it)")
+        if (self.encoder is not None and self.trainable_layers != "all"
+                and self.trainable_layers < 1):
             raise ConfigError(f"deep_wccn: trainable_layers must be >= 1 with encoder "
                               f"{self.encoder!r}, got {self.trainable_layers} (use encoder: "
                               "null for a frozen encoder)")
         if self.encoder is not None and self.normalise not in (None, "none"):
             raise ConfigError(f"deep_wccn: normalise={self.normalise!r} would feed "
                               "standardised frames to the encoder layers; use null or 'none'")
-        if self.backbone != "auto" or self.backbone_params:
-            raise ConfigError("deep_wccn: backbone and backbone_params are not used (the "
-                              "architecture is fixed); leave them unset")
 
     def select_data(self, data: FitData) -> FitData:
         if self.encoder is not None and not data.source.is_sequence:
@@ -283,6 +262,10 @@ class DeepWCCNMethod(NeuralMethod):
         """The trainable top encoder layers (``None`` without an encoder)."""
         if self.encoder is None:
             return None
+        if self.trainable_layers == "all":
+            return HFTransformer.from_pretrained(self.encoder_model, self.input_dim_,
+                                                 ssl=self.ssl_loss_weight > 0,
+                                                 mask_prob=self.ssl_mask_prob)
         if self.encoder == "hf":
             return HFTopLayers.from_pretrained(self.encoder_model, self.trainable_layers,
                                                self.input_dim_)
@@ -327,6 +310,11 @@ class DeepWCCNMethod(NeuralMethod):
     def training_step(self, batches: dict[str, Batch], ctx: EpochContext
                       ) -> dict[str, torch.Tensor]:
         batch = batches["train"]
-        logits = self.model_(batch.x, batch.mask, batch.y)
+        if self.ssl_loss_weight == 0:
+            logits = self.model_(batch.x, batch.mask, batch.y)
+            ce = self.supervised_loss(batch, logits)
+            return {"loss": ce, "ce": ce.detach()}
+        logits, ssl = self.model_.forward_ssl(batch.x, batch.mask, batch.y)
         ce = self.supervised_loss(batch, logits)
-        return {"loss": ce, "ce": ce.detach()}
+        return {"loss": ce + self.ssl_loss_weight * ssl, "ce": ce.detach(),
+                "ssl": ssl.detach()}

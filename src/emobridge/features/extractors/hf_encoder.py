@@ -55,7 +55,9 @@ class HFEncoder(Extractor):
         local directory (stored as an absolute path).
     layer:
         Hidden state to keep: an int (0 = the CNN features after projection, -1 = last
-        transformer layer), a list (concatenated) or ``"mean"`` (average of all).
+        transformer layer), a list (concatenated), ``"mean"`` (average of all) or ``"cnn"``
+        (the convolutional front end's output before its projection, ``conv_dim[-1]`` wide:
+        the input of ``deep_wccn`` with ``trainable_layers="all"``).
     pooling:
         ``"none"`` (``(frames, dims)``), ``"mean"`` or ``"meanstd"`` (vectors).
     normalise:
@@ -96,15 +98,15 @@ class HFEncoder(Extractor):
             model = str(Path(model).resolve())
         self.model = model
         if isinstance(layer, str):
-            if layer != "mean":
-                raise FeatureError(f"hf: layer must be an int, a list of ints or 'mean', "
-                                   f"got {layer!r}")
+            if layer not in ("mean", "cnn"):
+                raise FeatureError(f"hf: layer must be an int, a list of ints, 'mean' or "
+                                   f"'cnn', got {layer!r}")
         elif isinstance(layer, bool) or not (
                 isinstance(layer, int) or (isinstance(layer, Sequence) and layer
                                            and all(isinstance(i, int) and not isinstance(i, bool)
                                                    for i in layer))):
-            raise FeatureError(f"hf: layer must be an int, a list of ints or 'mean', "
-                               f"got {layer!r}")
+            raise FeatureError(f"hf: layer must be an int, a list of ints, 'mean' or "
+                               f"'cnn', got {layer!r}")
         self.layer = layer if isinstance(layer, int | str) else [int(i) for i in layer]
         check_choice("hf", "pooling", pooling, ("none", "mean", "meanstd"))
         self.pooling = pooling
@@ -201,7 +203,8 @@ class HFEncoder(Extractor):
         out = []
         for chunks in by_utt:
             per_layer = [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
-            out.append(pool(select_layers(per_layer, self.layer), self.pooling))
+            layer = 0 if self.layer == "cnn" else self.layer  # the only state kept
+            out.append(pool(select_layers(per_layer, layer), self.pooling))
         return out
 
     def _chunks(self, wave: np.ndarray) -> list[np.ndarray]:
@@ -213,7 +216,8 @@ class HFEncoder(Extractor):
         return [wave[j:j + size] for j in range(0, wave.size, size)]
 
     def _forward(self, chunks: list[np.ndarray]) -> list[list[np.ndarray]]:
-        """Per chunk, the list of hidden states ``(frames, dims)`` (input embedding first)."""
+        """Per chunk, the list of hidden states ``(frames, dims)`` (input embedding first;
+        only the front end's output for ``layer="cnn"``)."""
         state = self.load()
         torch, model = state["torch"], state["model"]
         lengths = [c.size for c in chunks]
@@ -226,7 +230,10 @@ class HFEncoder(Extractor):
         if state["mask"]:
             kwargs["attention_mask"] = torch.from_numpy(mask).to(state["device"])
         with torch.inference_mode():
-            hidden = model(**kwargs, output_hidden_states=True).hidden_states
+            if self.layer == "cnn":  # the front end takes no mask: padding is cut off below
+                hidden = (model.feature_extractor(kwargs["input_values"]).transpose(1, 2),)
+            else:
+                hidden = model(**kwargs, output_hidden_states=True).hidden_states
             n_frames = model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
             stacked = torch.stack(hidden, dim=1).float().cpu().numpy()  # (B, L, T, D)
         return [[stacked[b, k, : int(n_frames[b])] for k in range(stacked.shape[1])]
