@@ -129,3 +129,12 @@ def test_default_model(tmp_path, monkeypatch, tiny_bundle):
         Recognizer.default()
     monkeypatch.setenv(DEFAULT_MODEL_ENV, str(tiny_bundle))
     assert Recognizer.default().card["intended_use"] == "tests only"
+
+
+def test_the_recognizer_extracts_on_its_device(tiny_bundle):
+    from emobridge import Recognizer
+    from emobridge.inference.bundle import load_bundle
+
+    assert Recognizer.load(tiny_bundle).extractor.device == "cpu"
+    # built lazily, so a CUDA name can be checked without a GPU
+    assert Recognizer(load_bundle(tiny_bundle), device="cuda:0").extractor.device == "cuda:0"

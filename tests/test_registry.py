@@ -46,3 +46,15 @@ def test_extractor_devices_resolve_like_the_trainer() -> None:
     assert LogMel(device="auto", n_mels=16).extract(wave, 16_000).shape[1] == 16
     with pytest.raises(FeatureError, match="logmel: device 'gpu': expected one of"):
         LogMel(device="gpu").extract(wave, 16_000)
+
+
+def test_build_extractor_passes_the_device_to_extractors_that_take_one() -> None:
+    from emobridge.features.registry import build_extractor, takes_device
+
+    assert build_extractor("logmel", device="cuda:1").device == "cuda:1"  # not loaded yet
+    assert build_extractor("logmel:device=cpu", device="cuda").device == "cpu"  # spec wins
+    assert build_extractor("logmel").device == "cpu"
+    assert takes_device("hf") and takes_device("whisper") and not takes_device("opensmile")
+    assert not hasattr(build_extractor("opensmile", device="cuda"), "device")
+    # the device is not part of the id: cached features are shared across devices
+    assert build_extractor("logmel", device="cuda").id == build_extractor("logmel").id

@@ -54,20 +54,17 @@ def extract(
 ) -> None:
     """Extract features of every manifest row into the store (cached rows are reused)."""
     from emobridge.experiments.executors import make_executor
-    from emobridge.features import FeatureStore, available_extractors, build_extractor, parse_spec
+    from emobridge.features import FeatureStore, build_extractor, parse_spec
     from emobridge.features.distributed import extract_with_ray
+    from emobridge.features.registry import takes_device
 
     make_executor(executor, 1, address)  # refuses unknown names, bad addresses, missing ray
 
     name, params = parse_spec(extractor)
-    if device is not None:
-        cls = available_extractors().get(name)
-        if cls is not None and "device" in inspect.signature(cls.__init__).parameters:
-            params["device"] = device
-        elif device != "cpu":
-            raise FeatureError(f"extractor {name!r} has no device parameter: it runs on the CPU "
-                               f"only, got --device {device}")
-    ext = build_extractor({"name": name, "params": params})
+    if device not in (None, "cpu") and not takes_device(name):
+        raise FeatureError(f"extractor {name!r} has no device parameter: it runs on the CPU "
+                           f"only, got --device {device}")
+    ext = build_extractor({"name": name, "params": params}, device=device)
     store = FeatureStore(output)
     if progress is None:
         progress = sys.stderr.isatty()

@@ -173,7 +173,7 @@ def train(
         source_ratios=(0.8, 0.2, 0.0) if validation in ("source", "both") else (1.0, 0, 0),
         compute_missing=compute_missing,
         source_mapping=_corpus_mapping(map_source, "--map-source"),
-        target_mapping=_corpus_mapping(map_target, "--map-target"))
+        target_mapping=_corpus_mapping(map_target, "--map-target"), device=used_device)
     summary = data.summary()
     console.print(f"{method}: source {summary['source']['utterances']} utt, target train "
                   f"{summary['target_unlabelled']['utterances']}, validation "

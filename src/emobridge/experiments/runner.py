@@ -52,7 +52,6 @@ from emobridge import __version__
 from emobridge.errors import ConfigError, CorpusError, EmobridgeError
 from emobridge.experiments.config import (
     ExperimentConfig,
-    FeatureSpec,
     MethodConfig,
     ProtocolConfig,
     check_name,
@@ -622,19 +621,6 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _build_extractor(spec: FeatureSpec, device: str):
-    import inspect
-
-    from emobridge.features.registry import available_extractors, build_extractor
-
-    params = dict(spec.params)
-    cls = available_extractors().get(spec.name)
-    if cls is not None and "device" in inspect.signature(cls.__init__).parameters \
-            and "device" not in params:
-        params["device"] = device
-    return build_extractor({"name": spec.name, "params": params})
-
-
 class _Logger:
     """Prints and appends to ``run.log`` with a timestamp."""
 
@@ -689,6 +675,7 @@ def _extract_features(cfg: ExperimentConfig, plan: _Plan, device: str, progress:
     Ray session the run holds). Returns the feature id per label and the files skipped as
     undecodable (``cfg.skip_errors``; otherwise they raise)."""
     from emobridge.features.distributed import extract_with_ray
+    from emobridge.features.registry import build_extractor
     from emobridge.features.store import FeatureStore
 
     store = FeatureStore(cfg.features.store)
@@ -696,7 +683,7 @@ def _extract_features(cfg: ExperimentConfig, plan: _Plan, device: str, progress:
     skipped: dict[str, str] = {}
     needed = {k.feature for k in plan.pending}
     for spec in cfg.feature_specs:
-        extractor = _build_extractor(spec, device)
+        extractor = build_extractor(spec.as_spec(), device=device)
         feature_ids[spec.label] = extractor.id
         if spec.label in needed:
             if executor == "ray":

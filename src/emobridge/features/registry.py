@@ -7,6 +7,7 @@ so ``layer=-1``, ``layers=[4,5]`` and ``normalise=true`` work).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from emobridge.errors import FeatureError
@@ -54,9 +55,19 @@ def _split_top_level(text: str) -> list[str]:
     return [p for p in (p.strip() for p in parts) if p]
 
 
-def build_extractor(spec: str | dict[str, Any]) -> Extractor:
-    """Instantiate an extractor from a spec; unknown names or parameters raise FeatureError."""
+def takes_device(name: str) -> bool:
+    """Whether extractor ``name`` has a ``device`` parameter (can run on a GPU)."""
+    cls = available_extractors().get(name)
+    return cls is not None and "device" in inspect.signature(cls.__init__).parameters
+
+
+def build_extractor(spec: str | dict[str, Any], device: str | None = None) -> Extractor:
+    """Instantiate an extractor from a spec; unknown names or parameters raise FeatureError.
+    ``device`` goes to extractors that take one, unless the spec sets it (the device is not
+    part of an extractor's id: cached features are shared across devices)."""
     name, params = parse_spec(spec)
+    if device is not None and takes_device(name):
+        params.setdefault("device", device)
     cls = _EXTRACTORS.get(name)
     try:
         return cls(**params)

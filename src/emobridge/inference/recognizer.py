@@ -82,8 +82,9 @@ class Recognizer:
     >>> rec.timeline("interview.wav", segment="vad")   # DataFrame, one row per segment
     """
 
-    def __init__(self, bundle: Bundle, batch_size: int = 16) -> None:
+    def __init__(self, bundle: Bundle, batch_size: int = 16, device: str = "cpu") -> None:
         self.bundle = bundle
+        self.device = device  # the extractor's too, where it takes one
         self.method = bundle.method
         self.classes: tuple[str, ...] = bundle.classes
         self.batch_size = batch_size
@@ -96,7 +97,7 @@ class Recognizer:
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> Recognizer:
         """The recognizer of the bundle in folder ``path`` (checked, see
         :func:`~emobridge.inference.bundle.load_bundle`)."""
-        return cls(load_bundle(path, device=device))
+        return cls(load_bundle(path, device=device), device=device)
 
     @classmethod
     def default(cls, device: str = "cpu") -> Recognizer:
@@ -119,7 +120,7 @@ class Recognizer:
         if self._extractor is None:
             from emobridge.features.registry import build_extractor
 
-            self._extractor = build_extractor(self.bundle.extractor_spec)
+            self._extractor = build_extractor(self.bundle.extractor_spec, device=self.device)
         return self._extractor
 
     @property

@@ -12,15 +12,12 @@ the same code after ``fit`` and after ``load`` (it reproduces scikit-learn's
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from emobridge.errors import ConfigError, EmobridgeError
-from emobridge.fileio import atomic_path, write_json_atomic
-from emobridge.methods.base import AdaptationMethod, available_methods, register_method
+from emobridge.methods.base import AdaptationMethod, register_method
 from emobridge.methods.data import EmotionData
 from emobridge.methods.normalise import FeatureNormaliser, Normalise
 from emobridge.models.wccn import WCCNTransform
@@ -84,19 +81,6 @@ class ForestArrays:
                 node = np.where(inner, nxt, node)
             total += a["value"][base + node]
         return total / max(n_trees, 1)
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **self.arrays)
-
-    @classmethod
-    def load(cls, path: Path) -> ForestArrays:
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: np.asarray(npz[k]) for k in _ARRAYS}
-        except (OSError, KeyError, ValueError) as exc:
-            raise EmobridgeError(f"{path}: not a saved random forest ({exc})") from None
-        return cls(arrays)
 
 
 @register_method
@@ -249,42 +233,4 @@ class RandomForestMethod(AdaptationMethod):
                                            for k in _ARRAYS})
         except KeyError as exc:
             raise EmobridgeError(f"random_forest: saved state lacks {exc}") from None
-        return method
-
-    def save(self, directory: str | Path) -> Path:
-        """``method.json`` (params, classes, normaliser, WCCN projection) and
-        ``forest.npz`` (the trees' arrays)."""
-        from emobridge import __version__
-
-        self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.forest_.save(directory / "forest.npz")
-        write_json_atomic(directory / "method.json", {
-            "method": self.name, "params": self.get_params(), "classes": list(self.classes_),
-            "input_dim": self.input_dim_, "normaliser": self.normaliser_.to_dict(),
-            "wccn_projection": None if self.wccn_ is None else self.wccn_.projection_.tolist(),
-            "forest": "forest.npz", "emobridge_version": __version__})
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> RandomForestMethod:
-        """Rebuild a method written by :meth:`save` (``device`` is ignored: CPU only)."""
-        directory = Path(directory)
-        try:
-            meta = json.loads((directory / "method.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise EmobridgeError(f"{directory}: no readable method.json ({exc})") from None
-        if available_methods().get(meta.get("method")) is not cls:
-            raise EmobridgeError(f"{directory}: holds method {meta.get('method')!r}, not "
-                                 f"{cls.name!r}")
-        method = cls(**{k: v for k, v in meta["params"].items() if k in cls.param_names()})
-        method.classes_ = tuple(meta["classes"])
-        method.input_dim_ = int(meta["input_dim"])
-        method.normaliser_ = FeatureNormaliser.from_dict(meta["normaliser"])
-        method.wccn_ = None
-        if meta.get("wccn_projection") is not None:
-            method.wccn_ = WCCNTransform(method.wccn_smoothing)
-            method.wccn_.projection_ = np.asarray(meta["wccn_projection"], dtype=np.float64)
-        method.forest_ = ForestArrays.load(directory / meta["forest"])
         return method

@@ -125,6 +125,7 @@ def load_experiment_data(
     compute_missing: bool = False,
     source_mapping: Mapping[str, str] | None = None,
     target_mapping: Mapping[str, str] | None = None,
+    device: str | None = None,
 ) -> ExperimentData:
     """One cell from two manifests and a feature store (what ``emobridge train`` runs).
 
@@ -134,7 +135,8 @@ def load_experiment_data(
     ``validation`` and the ratios.
     ``store`` is a folder or a :class:`~emobridge.features.store.FeatureStore`;
     ``extractor`` a spec or an extractor. Missing features raise
-    :class:`~emobridge.errors.FeatureError` unless ``compute_missing``.
+    :class:`~emobridge.errors.FeatureError` unless ``compute_missing`` (computed on
+    ``device`` when the extractor takes one).
     """
     from emobridge.corpora.taxonomy import LabelSet
     from emobridge.features import FeatureStore, build_extractor
@@ -148,7 +150,8 @@ def load_experiment_data(
     rows = assemble_cell(src, tgt, k=target_labelled_k, validation=validation, seed=seed,
                          target_ratios=target_ratios, source_ratios=source_ratios)
     fstore = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    ext = extractor if hasattr(extractor, "extract") else build_extractor(extractor)
+    ext = extractor if hasattr(extractor, "extract") else build_extractor(extractor,
+                                                                          device=device)
     data = cell_data(rows, lambda f: fstore.load(f, ext, compute_missing=compute_missing),
                      labels.classes)
     data.label_reports = {"source": "; ".join(filter(None, [src_note, src_report.summary()])),
