@@ -12,7 +12,7 @@ folder, then runs named checks, each printing ``ok <name> <seconds>s <detail>`` 
   (model parameters on the device after ``fit``, finite probabilities summing to 1) and its
   saved state reloaded and predicting on the CPU;
 - ``cli_train_predict``: ``emobridge train`` then ``emobridge predict`` with ``--device``;
-- ``deep_wccn_ssl``: deep_wccn with the auxiliary wav2vec 2.0 loss, where this version has it.
+- ``deep_wccn_ssl``: deep_wccn above the front end with the auxiliary wav2vec 2.0 loss.
 
 ``DIR/cuda_check.json`` holds every result; the exit status is 1 when a check failed.
 ``--only PATTERN...`` runs the checks whose names match (shell-style patterns).
