@@ -72,3 +72,25 @@ def test_cli_rejects_bad_executor_and_address(tmp_path: Path,
     assert "unknown executor 'spark'; choose one of local, ray" in capsys.readouterr().err
     assert main(["run", str(config), "--address", "auto"]) == 1  # config says local
     assert "--address needs --executor ray" in capsys.readouterr().err
+
+
+def test_an_address_nothing_answers_on_fails_at_once() -> None:
+    import socket
+    import time
+
+    from emobridge.experiments.executors import check_reachable
+
+    with socket.socket() as s:  # a port nobody listens on once this socket is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="cannot reach"):
+        check_reachable(f"ray://127.0.0.1:{port}")
+    check_reachable("auto")  # resolved by Ray itself
+    with socket.socket() as server:  # something listening: accepted
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
+    assert time.monotonic() - start < 10  # not Ray's minutes of retries

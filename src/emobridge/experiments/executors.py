@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import socket
 import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -51,6 +52,19 @@ def check_address(address: str | None) -> str | None:
     return address
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a ``HOST:PORT`` / ``ray://HOST:PORT`` address nothing answers on within
+    ``timeout_s`` (``ray.init`` itself retries for minutes before it gives up)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: "
+                          f"{exc.strerror or exc}") from None
+
+
 def import_ray() -> Any:
     """The ``ray`` module, or one :class:`ConfigError` line saying how to install it."""
     try:
@@ -77,6 +91,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if address is None:
         options["num_cpus"] = num_cpus
     else:
+        check_reachable(address)
         options["address"] = address
     try:
         ray.init(**options)
