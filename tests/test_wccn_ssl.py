@@ -4,13 +4,14 @@ auxiliary wav2vec 2.0 loss, on tiny random ``transformers`` models saved locally
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from emobridge.errors import ConfigError
+from emobridge.errors import ConfigError, EmobridgeWarning
 from emobridge.methods import EmotionData, build_method
 from emobridge.methods.deep_wccn import DeepWCCNMethod
 from tests.conftest import voiced_tone
@@ -162,8 +163,21 @@ def test_without_the_loss_no_pretraining_head_is_needed(checkpoints, tmp_path):
 def test_refusals(checkpoints, tmp_path, which, match):
     data = _cnn_data(checkpoints["pretraining"], n=8)
     model = checkpoints.get(which, str(tmp_path / "nowhere"))
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         build_method("deep_wccn", **_ssl_params(model, tmp_path)).fit(data)
+    # the head the plain checkpoint lacks is named in one warning before the refusal
+    assert any("start random" in str(w.message) for w in seen) == (which == "plain")
+
+
+def test_reading_a_pretraining_checkpoint_as_an_encoder_is_quiet(checkpoints, caplog):
+    from emobridge.features.extractors.hf_encoder import HFEncoder
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        HFEncoder(checkpoints["pretraining"], layer="cnn").load()  # its head goes unused
+    assert not [r for r in caplog.records if r.name.startswith("transformers")]
+    assert not [w for w in seen if issubclass(w.category, EmobridgeWarning)]
 
 
 def test_hidden_state_frames_are_refused_for_all(checkpoints, tmp_path):

@@ -83,7 +83,7 @@ def _load(name: str, ssl: bool) -> nn.Module:
     """``name`` as ``AutoModel`` (or ``Wav2Vec2ForPreTraining`` with ``ssl``), on the CPU."""
     from transformers import AutoConfig, AutoModel, Wav2Vec2ForPreTraining
 
-    from emobridge.features.extractors.hf_encoder import HFEncoder
+    from emobridge.features.extractors.hf_encoder import HFEncoder, load_pretrained
 
     name = HFEncoder(model=name).model  # alias -> hub id, folder -> absolute path
     try:
@@ -91,14 +91,14 @@ def _load(name: str, ssl: bool) -> nn.Module:
         if kind not in HF_TOP_LAYER_TYPES:
             raise _unsupported(kind)
         if not ssl:
-            return AutoModel.from_pretrained(name)
+            return load_pretrained(AutoModel, name)[0]
         if kind != "wav2vec2":
             raise ConfigError(f"deep_wccn: ssl_loss_weight needs a wav2vec 2.0 pre-training "
                               f"checkpoint; {name!r} is a {kind!r} model")
-        model, info = Wav2Vec2ForPreTraining.from_pretrained(name, output_loading_info=True)
+        model, missing = load_pretrained(Wav2Vec2ForPreTraining, name)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"deep_wccn: cannot load encoder {name!r}: {exc}") from None
-    missing = [k for k in info["missing_keys"] if k.startswith(("quantizer.", "project_"))]
+    missing = [k for k in missing if k.startswith(("quantizer.", "project_"))]
     if missing:
         raise ConfigError(f"deep_wccn: {name!r} has no wav2vec 2.0 pre-training head "
                           f"({', '.join(missing[:3])} missing); ssl_loss_weight needs a "

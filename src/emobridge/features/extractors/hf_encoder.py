@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from emobridge.errors import FeatureError
+from emobridge.errors import EmobridgeWarning, FeatureError
 from emobridge.features.base import Extractor
 from emobridge.features.extractors._common import as_mono_float32, check_choice, resolve_device
 from emobridge.features.pooling import pool, select_layers
@@ -42,6 +43,27 @@ MODEL_ALIASES: dict[str, str] = {
     "wavlm-base-plus": "microsoft/wavlm-base-plus",
     "wavlm-large": "microsoft/wavlm-large",
 }
+
+
+def load_pretrained(loader: Any, name: str, revision: str | None = None) -> Any:
+    """``loader.from_pretrained(name)`` without ``transformers``' load report: weights the
+    checkpoint lacks (they start random) are named in one warning; weights it has beyond the
+    model (a pre-training head read as a plain encoder) are expected and not reported.
+    Returns ``(model, missing weight names)``."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = loader.from_pretrained(name, revision=revision, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        warnings.warn(f"{name}: {len(missing)} weights are not in the checkpoint and start "
+                      f"random ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})",
+                      EmobridgeWarning, stacklevel=2)
+    return model, missing
 
 
 @register_extractor
@@ -146,7 +168,7 @@ class HFEncoder(Extractor):
                                "(pip install 'emobridge[encoders]')") from None
         device = resolve_device("hf", self.device)
         try:
-            model = AutoModel.from_pretrained(self.model, revision=self.revision)
+            model, _ = load_pretrained(AutoModel, self.model, self.revision)
         except (OSError, ValueError, KeyError) as exc:
             raise FeatureError(f"hf: cannot load model {self.model!r}: {exc}") from None
         model.eval().to(device)
