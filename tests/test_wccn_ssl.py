@@ -35,15 +35,18 @@ def _pretraining(stable: bool = True) -> transformers.Wav2Vec2ForPreTraining:
     return transformers.Wav2Vec2ForPreTraining(config).eval()
 
 
+def _hubert() -> transformers.HubertModel:
+    torch.manual_seed(0)
+    config = {k: v for k, v in TINY.items() if "codevector" not in k and k != "num_negatives"}
+    return transformers.HubertModel(transformers.HubertConfig(**config)).eval()
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("w2v")
     _pretraining().save_pretrained(root / "pretraining")
     _pretraining().wav2vec2.save_pretrained(root / "plain")  # no quantizer
-    torch.manual_seed(0)
-    hubert = {k: v for k, v in TINY.items() if "codevector" not in k and k != "num_negatives"}
-    transformers.HubertModel(transformers.HubertConfig(**hubert)).save_pretrained(
-        root / "hubert")
+    _hubert().save_pretrained(root / "hubert")
     return {k: str(root / k) for k in ("pretraining", "plain", "hubert")}
 
 
@@ -62,11 +65,11 @@ def test_cnn_layer_is_the_front_end_output(checkpoints):
         np.testing.assert_allclose(frames, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("stable", [True, False])
-def test_transformer_on_cnn_frames_equals_the_full_model(stable):
+@pytest.mark.parametrize("kind", ["stable", "plain", "hubert"])
+def test_transformer_on_cnn_frames_equals_the_full_model(kind):
     from emobridge.models.hf_encoder import HFTransformer
 
-    full = _pretraining(stable).wav2vec2
+    full = _hubert() if kind == "hubert" else _pretraining(kind == "stable").wav2vec2
     with torch.no_grad():
         waves = [torch.randn(1, n) for n in (2400, 1500)]
         alone = [full(w) for w in waves]
