@@ -26,9 +26,10 @@ Inputs (``encoder``):
   (XLS-R 53 has 24 layers; ``N = 24`` fine-tunes every transformer layer). WavLM's layers
   share a relative position bias computed in the first layer, so starting above it is
   refused. ``trainable_layers="all"`` fine-tunes everything above the convolutional front
-  end (feature projection, positional convolution, every layer; the paper's setting, whose
-  front end wav2vec 2.0 fine-tuning freezes too) on the front end's cached output,
-  ``hf:model=<same>,layer=cnn,pooling=none``.
+  end (feature projection, positional convolution, every layer) on the front end's cached
+  output, ``hf:model=<same>,layer=cnn,pooling=none``. The paper fine-tunes end to end; the
+  front end stays frozen here (as wav2vec 2.0 fine-tuning recipes freeze it by default) so
+  that its output can be cached.
 
 The paper's auxiliary wav2vec 2.0 loss (its eq. 9: ``CE + ssl_loss_weight * L_w2v``) needs
 ``encoder="hf"``, ``trainable_layers="all"`` and a wav2vec 2.0 pre-training checkpoint (with
@@ -38,9 +39,9 @@ none and is refused). Each training batch then makes one masked pass
 with probability ``ssl_mask_prob``, wav2vec 2.0's 0.065 by default): the contrastive and
 diversity losses come from the masked frames and the classifier pools the same pass, as
 wav2vec 2.0 fine-tuning masks its input. Prediction runs unmasked. ``L_w2v`` is summed over
-masked frames (``transformers``' convention), which is why the paper's tuned weights are
-small: 8e-4 .. 1.7e-3 (its Table 3); its 0.1 is the diversity weight inside ``L_w2v`` (eq. 3),
-taken from the checkpoint's config.
+masked frames (``transformers``' convention), so its weight is small: the paper tuned it to
+8e-4 .. 1.7e-3 (its Table 3). The paper's 0.1 is the diversity weight inside ``L_w2v`` (its
+eq. 3), taken from the checkpoint's config.
 
 Training data: source plus ``target_labelled`` (few-shot target speech, the paper's section
 5.4). ``balance_languages`` repeats the utterances of smaller languages so each training
