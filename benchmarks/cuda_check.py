@@ -12,7 +12,8 @@ folder, then runs named checks, each printing ``ok <name> <seconds>s <detail>`` 
   (model parameters on the device after ``fit``, finite probabilities summing to 1) and its
   saved state reloaded and predicting on the CPU;
 - ``cli_train_predict``: ``emobridge train`` then ``emobridge predict`` with ``--device``;
-- ``deep_wccn_ssl``: deep_wccn above the front end with the auxiliary wav2vec 2.0 loss.
+- ``deep_wccn_ssl``: deep_wccn above the front end with the auxiliary wav2vec 2.0 loss;
+- ``repeat_seeded_fit``: two seeded fits that fine-tune encoder layers give the same model.
 
 ``DIR/cuda_check.json`` holds every result; the exit status is 1 when a check failed.
 ``--only PATTERN...`` runs the checks whose names match (shell-style patterns).
@@ -387,6 +388,19 @@ def check_ssl(ctx: Context) -> str:
     return check_method(ctx, "deep_wccn", variant)
 
 
+def check_repeat(ctx: Context) -> str:
+    """Two fits with the same seed give the same probabilities (deep_wccn fine-tuning
+    ``hf`` layers: attention and its backward pass on the device)."""
+    variant = VARIANTS["deep_wccn"]["hf"]
+    test = ctx.data(variant.features)[1]
+    probas = [fit_on_device(ctx, "deep_wccn", variant, {"encoder_model": ctx.hf_model()})[0]
+              .predict_proba(test) for _ in range(2)]
+    diff = float(np.max(np.abs(probas[0] - probas[1])))
+    if diff != 0.0:
+        raise CheckFailed(f"two fits with the same seed differ by {diff:.3g}")
+    return "two fits with the same seed: identical probabilities"
+
+
 def cli(args: list[str]) -> None:
     from emobridge.cli import main
 
@@ -458,6 +472,7 @@ def run_all(ctx: Context, checks: Checks) -> None:
     method_checks(ctx, checks)
     checks.run("cli_train_predict", lambda: check_cli(ctx))
     checks.run("deep_wccn_ssl", lambda: check_ssl(ctx))
+    checks.run("repeat_seeded_fit", lambda: check_repeat(ctx))
 
 
 def quiet_libraries() -> None:

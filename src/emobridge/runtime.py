@@ -60,7 +60,9 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
     ``deterministic`` also asks cuDNN for deterministic kernels and turns off its autotuner;
     on CUDA it enables ``torch.use_deterministic_algorithms(warn_only=True)`` (ops without a
-    deterministic kernel warn instead of failing).
+    deterministic kernel warn instead of failing) and turns off the flash and
+    memory-efficient attention kernels, whose backward passes are not deterministic (the math
+    kernel is; fine-tuned encoders then repeat bit for bit).
     """
     import torch
 
@@ -76,3 +78,5 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
             # cuBLAS needs a fixed workspace for reproducible matmuls.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cuda.enable_flash_sdp(False)
+            torch.backends.cuda.enable_mem_efficient_sdp(False)
