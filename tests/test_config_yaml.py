@@ -85,3 +85,16 @@ def test_method_rules_are_checked_when_the_config_loads(tmp_path, capsys, method
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "methods.1.params" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seeds", ["[-1]", f"[{2**32}]", f"[{2**70}]"])
+def test_seeds_out_of_range_fail_when_the_config_loads(tmp_path, seeds):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "corpora:\n  - {id: syn, reader: synthetic, options: {languages: [aa, bb]}}\n"
+        "protocol: {domain: language, pairs: all_pairs}\n"
+        "features: {extractors: [logmel]}\n"
+        "methods: [{name: so, method: source_only}]\n"
+        f"seeds: {seeds}\noutput_dir: {tmp_path / 'out'}\n")
+    with pytest.raises(ConfigError, match="seeds must be in 0 .. 4294967295"):
+        load_config(path)

@@ -83,6 +83,9 @@ def test_wrong_format_version_and_not_a_bundle(tmp_path):
     (folder / "bundle.json").write_text("{not json")
     with pytest.raises(EmobridgeError, match="bundle.json: unreadable"):
         load_bundle(folder)
+    (folder / "bundle.json").write_text("[" * 100_000 + "]" * 100_000)  # too deep for json
+    with pytest.raises(EmobridgeError, match="bundle.json: unreadable .*nested too deeply"):
+        load_bundle(folder)
     with pytest.raises(EmobridgeError, match="not a model bundle"):
         load_bundle(tmp_path)
     with pytest.raises(EmobridgeError, match="not found"):

@@ -259,6 +259,10 @@ def test_config_and_input_errors():
         TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="checkpoint_dir"):
         TrainConfig(resume=True)
+    for bad in ({"lr": float("nan")}, {"lr": float("inf")}, {"lr_decay_gamma": 0.0},
+                {"max_grad_norm": float("nan")}, {"weight_decay": -1.0}):
+        with pytest.raises(ConfigError, match=f"{next(iter(bad))} must be a finite number"):
+            TrainConfig(**bad)
     with pytest.raises(ConfigError, match="unknown keys"):
         TrainConfig.from_dict({"epochz": 3})
     with pytest.raises(ConfigError, match="CUDA"):
@@ -364,3 +368,14 @@ def test_checkpoint_rng_state_round_trips_through_a_safe_load(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EmobridgeError, match="junk.pt"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_seeds_are_checked_once_for_every_library():
+    from emobridge.runtime import MAX_SEED, check_seed, seed_everything
+
+    assert check_seed(np.int64(7)) == 7 and check_seed(MAX_SEED) == MAX_SEED
+    for bad in (-1, MAX_SEED + 1, 2**70, True, 1.5, "3"):
+        with pytest.raises(ConfigError, match="seed must be an integer in 0 .. 4294967295"):
+            check_seed(bad)
+    with pytest.raises(ConfigError, match="seed must be"):
+        seed_everything(2**64)  # torch would overflow, numpy would wrap

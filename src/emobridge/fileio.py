@@ -72,6 +72,15 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
                                        allow_nan=False) + "\n")
 
 
+def loads_json(text: str) -> Any:
+    """``json.loads``, where a document nested too deep for the parser raises
+    :class:`ValueError` like any other malformed JSON (``json`` raises RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def read_json(path: str | os.PathLike[str], missing: str) -> Any:
     """The JSON document at ``path``; :class:`EmobridgeError` with ``missing`` when there is
     no such file, and one naming the file when it cannot be read or parsed."""
@@ -79,7 +88,7 @@ def read_json(path: str | os.PathLike[str], missing: str) -> Any:
 
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise EmobridgeError(missing) from None
     except (OSError, ValueError) as exc:

@@ -6,11 +6,11 @@ One parser serves extractor specs, ``-p`` method parameters, ``-O`` reader optio
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
 from emobridge.errors import ConfigError
+from emobridge.fileio import loads_json
 
 
 def parse_scalar(text: str) -> Any:
@@ -18,8 +18,8 @@ def parse_scalar(text: str) -> Any:
     the stripped string itself."""
     text = text.strip()
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        return loads_json(text)
+    except ValueError:
         return text
 
 

@@ -229,9 +229,9 @@ def _require_columns(manifest: pd.DataFrame, columns: Sequence[str], what: str) 
 
 
 def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ProtocolError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
+    from emobridge.runtime import check_seed
+
+    return check_seed(seed)
 
 
 def _check_ratios(ratios: Sequence[float], names: Sequence[str]) -> np.ndarray:

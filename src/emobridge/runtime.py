@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,18 @@ def torch_device(device: object = "auto"):
     return torch.device(resolve_device(device))
 
 
+#: Seeds go to numpy's legacy RNG and scikit-learn, which take 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """``seed`` as an int if it is one in ``0 .. MAX_SEED``, else :class:`ConfigError`."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{what} must be an integer in 0 .. {MAX_SEED}, got {seed!r}")
+    return int(seed)
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed ``random``, numpy's global RNG and torch (CPU and CUDA).
 
@@ -66,8 +79,9 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     """
     import torch
 
+    seed = check_seed(seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)

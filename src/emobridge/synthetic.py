@@ -20,7 +20,6 @@ parameters. ``emobridge synth OUT_DIR`` writes it from the command line.
 
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from scipy.signal import lfilter
 from emobridge.corpora.manifest import make_manifest, read_manifest, write_manifest
 from emobridge.corpora.taxonomy import canonical_emotion
 from emobridge.errors import ConfigError
-from emobridge.fileio import atomic_path, write_json_atomic
+from emobridge.fileio import atomic_path, loads_json, write_json_atomic
 
 #: Name of the manifest written next to the audio.
 MANIFEST_NAME = "manifest.csv"
@@ -389,8 +388,8 @@ def load_or_generate(out_dir: str | os.PathLike[str], **params) -> pd.DataFrame:
     marker = out / PARAMS_NAME
     if marker.exists() and (out / MANIFEST_NAME).exists():
         try:
-            stored = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            stored = loads_json(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             stored = None
         if stored == wanted.to_json():
             manifest = read_manifest(out / MANIFEST_NAME)

@@ -446,8 +446,10 @@ class ExperimentConfig(_Model):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
-        if any(s < 0 for s in v):
-            raise ValueError(f"seeds must be >= 0, got {v}")
+        from emobridge.runtime import MAX_SEED
+
+        if any(not 0 <= s <= MAX_SEED for s in v):
+            raise ValueError(f"seeds must be in 0 .. {MAX_SEED}, got {v}")
         if len(set(v)) != len(v):
             raise ValueError(f"a seed is listed twice: {v}")
         return v

@@ -24,7 +24,6 @@ hash of the cell's current settings; anything else is run (again).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emobridge.fileio import atomic_path, write_json_atomic, write_text_atomic
+from emobridge.fileio import atomic_path, loads_json, write_json_atomic, write_text_atomic
 from emobridge.fileio import jsonable as jsonable  # re-exported: the one JSON sanitiser
 from emobridge.metrics import bootstrap_mean_ua, per_class_from_confusion
 
@@ -137,7 +136,7 @@ def read_cell_metrics(directory: Path, cell_hash: str | None = None) -> dict[str
     """The cell's metrics when it finished (valid JSON, status ok, same settings hash)."""
     path = directory / METRICS_FILE
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(doc, dict) or doc.get("status") != "ok":
@@ -152,7 +151,7 @@ def read_cell_metrics(directory: Path, cell_hash: str | None = None) -> dict[str
 
 def read_cell_error(directory: Path) -> dict[str, Any] | None:
     try:
-        doc = json.loads((directory / ERROR_FILE).read_text(encoding="utf-8"))
+        doc = loads_json((directory / ERROR_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None

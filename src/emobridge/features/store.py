@@ -57,7 +57,13 @@ from emobridge.errors import (
     OutputError,
 )
 from emobridge.features.base import Extractor
-from emobridge.fileio import atomic_path, file_lock, write_json_atomic, write_text_atomic
+from emobridge.fileio import (
+    atomic_path,
+    file_lock,
+    loads_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 FORMAT_VERSION = 1
 _HASHES_FILE = "hashes.parquet"
@@ -366,7 +372,7 @@ class FeatureStore:
         if not path.exists():
             raise FeatureError(f"extractor id {extractor_id!r} is not in the store {self.root}")
         try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
+            spec = loads_json(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise FeatureError(f"{path}: unreadable extractor spec ({exc}); delete the folder "
                                "or restore the file") from None
@@ -634,7 +640,7 @@ class FeatureStore:
             with _index_lock(self.root / eid), contextlib.suppress(OSError, ValueError):
                 if not index.exists():
                     continue
-                doc = json.loads(index.read_text())
+                doc = loads_json(index.read_text())
                 drop = set(keys)
                 keep = [i for i, k in enumerate(doc["hash"]) if k not in drop]
                 for col in ("hash", "offset", "shape", "crc32"):
@@ -841,7 +847,7 @@ class _ShardWriter:
             base = self.doc
             if index.exists():
                 with contextlib.suppress(OSError, ValueError):
-                    base = json.loads(index.read_text(encoding="utf-8"))
+                    base = loads_json(index.read_text(encoding="utf-8"))
             doc = {**base, "data_bytes": pos,
                    **{col: list(base[col]) + values for col, values in added.items()}}
             write_text_atomic(index, json.dumps(doc, separators=(",", ":")))
@@ -865,7 +871,7 @@ def _read_index(path: Path) -> dict[str, _Entry]:
     """A shard index; a damaged one is reported and read as empty (its entries are then
     missing, so they are recomputed; ``prune`` removes the file)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = loads_json(path.read_text(encoding="utf-8"))
         stem = path.stem
         return {k: _Entry(stem, int(o), tuple(int(d) for d in s), int(c))
                 for k, o, s, c in zip(doc["hash"], doc["offset"], doc["shape"], doc["crc32"],

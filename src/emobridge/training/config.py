@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -88,8 +89,13 @@ class TrainConfig:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name, low in (("lr", 0.0), ("lr_decay_gamma", 0.0), ("max_grad_norm", 0.0)):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > low):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got "
+                              f"{self.weight_decay}")
         if self.lr_decay_every_epochs < 0:
             raise ConfigError(f"lr_decay_every_epochs must be >= 0, got "
                               f"{self.lr_decay_every_epochs}")
