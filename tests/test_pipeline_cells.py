@@ -215,8 +215,10 @@ def test_missing_test_classes_warned_and_recorded() -> None:
     classes = ("anger", "happiness", "neutral", "sadness")
     src, tgt = _manifest(4, "de", "s"), _manifest(4, "it", "t")  # only anger and neutral
     rows = assemble_cell(src, tgt, seed=0, validation="none")
-    data = cell_data(rows, lambda f: [rng.standard_normal(6).astype(np.float32)
-                                      for _ in range(len(f))], classes)
+    with pytest.warns(EmobridgeWarning, match="source training speakers have no happiness, "
+                      "sadness"):
+        data = cell_data(rows, lambda f: [rng.standard_normal(6).astype(np.float32)
+                                          for _ in range(len(f))], classes)
     method = build_method("source_only", epochs=1, device="cpu", seed=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -311,3 +313,26 @@ def test_train_maps_each_corpus_and_records_missing_classes(
     assert "sadness -> neutral: 10" in mapping["source"]
     assert json.loads((out / "metrics.json").read_text())["missing_classes"] == ["neutral"]
     assert json.loads((out / "run.json").read_text())["device"] == "cpu"
+
+
+def test_source_classes_are_checked_when_the_cell_is_assembled():
+    import warnings
+
+    from emobridge.errors import ConfigError, EmobridgeWarning
+    from emobridge.methods import EmotionData
+    from emobridge.methods.runner import _check_source_classes
+
+    classes = ("anger", "happiness", "neutral", "sadness")
+
+    def data(labels):
+        n = len(labels)
+        return EmotionData([np.zeros(2, np.float32)] * n, labels, ["s"] * n, ["aa"] * n,
+                           [f"{i}.wav" for i in range(n)], classes)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_source_classes(data([0, 1, 2, 3]), classes)  # all there: silent
+    with pytest.warns(EmobridgeWarning, match="no neutral, sadness utterances"):
+        _check_source_classes(data([0, 1, 0]), classes)
+    with pytest.raises(ConfigError, match=r"single emotion \(happiness\): nothing to learn"):
+        _check_source_classes(data([1, 1]), classes)

@@ -96,10 +96,27 @@ def cell_data(rows: CellRows, features: FeatureLookup, classes: Sequence[str]) -
     source, test = piece(split.source_train), piece(split.target_test)
     if source is None or test is None:
         raise ConfigError("the speaker split left no source training or target test speakers")
+    _check_source_classes(source, classes)
     return ExperimentData(
         source=source, target_unlabelled=piece(rows.unlabelled, labelled=False),
         target_labelled=piece(rows.labelled), validation=piece(rows.validation), test=test,
         classes=classes, rows=rows, source_test=piece(split.source_test))
+
+
+def _check_source_classes(source: EmotionData, classes: tuple[str, ...]) -> None:
+    """One emotion in the source training rows is nothing to learn (an error); a few missing
+    ones cannot be predicted (a warning naming them)."""
+    from emobridge.errors import ConfigError
+
+    present = set(np.unique(source.labels).tolist())
+    absent = [c for i, c in enumerate(classes) if i not in present]
+    if len(present) < 2:
+        raise ConfigError(f"the source training speakers carry a single emotion "
+                          f"({', '.join(c for i, c in enumerate(classes) if i in present)}): "
+                          "nothing to learn; check the label mapping")
+    if absent:
+        warnings.warn(f"the source training speakers have no {', '.join(absent)} utterances: "
+                      "the model cannot predict them", EmobridgeWarning, stacklevel=2)
 
 
 def _read(manifest: str | os.PathLike[str] | pd.DataFrame) -> pd.DataFrame:
