@@ -120,3 +120,38 @@ def test_emobridge_warning_is_one_line(monkeypatch: pytest.MonkeyPatch,
     assert main(["warn"]) == 0
     assert capsys.readouterr().err == "warning: corpus toy has one speaker\n"
     assert warnings.showwarning is before  # restored for library users
+
+
+def _file_size_limit(limit_bytes: int) -> None:
+    """In the child: writes past ``limit_bytes`` fail with EFBIG, as on a full disk."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+
+def test_a_write_fault_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    out = tmp_path / "syn"
+    done = subprocess.run(
+        [sys.executable, "-m", "emobridge.cli", "synth", str(out), "--speakers", "2",
+         "--utterances", "1"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        preexec_fn=lambda: _file_size_limit(4_000))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[-1].startswith(f"error: {out}") and ".wav: cannot write audio" in lines[-1]
+    assert not list(out.rglob("*.tmp*"))  # the partial file was removed
+
+
+def test_atomic_writes_name_the_file_a_failed_write_was_for(tmp_path: Path) -> None:
+    import errno
+
+    from emobridge.fileio import atomic_open
+
+    target = tmp_path / "x.json"
+    with pytest.raises(OSError) as caught, atomic_open(target) as fh:
+        fh.write("{}")
+        raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises
+    assert caught.value.filename == str(target) and not target.exists()
+    assert list(tmp_path.iterdir()) == []

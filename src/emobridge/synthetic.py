@@ -20,6 +20,7 @@ parameters. ``emobridge synth OUT_DIR`` writes it from the command line.
 
 from __future__ import annotations
 
+import errno
 import os
 import zlib
 from collections.abc import Sequence
@@ -339,9 +340,7 @@ def generate_corpus(
                 for k in range(spec.utterances_per_speaker_per_emotion):
                     wave = synthesize_utterance(voice, emotion, rng, spec.sample_rate_hz)
                     path = out / language / emotion / f"{spk}_{emotion}_{k + 1:02d}.wav"
-                    with atomic_path(path) as tmp:
-                        sf.write(str(tmp), wave, spec.sample_rate_hz, subtype="PCM_16",
-                                 format="WAV")
+                    _write_wav(path, wave, spec.sample_rate_hz)
                     rows.append({
                         "path": str(path.resolve()), "corpus": corpus, "language": language,
                         "speaker": f"{corpus}:{spk}", "gender": gender, "label": emotion,
@@ -360,6 +359,16 @@ def generate_corpus(
     write_manifest(manifest, out / MANIFEST_NAME)
     write_json_atomic(out / PARAMS_NAME, spec.to_json())
     return manifest
+
+
+def _write_wav(path: Path, wave: np.ndarray, sample_rate_hz: int) -> None:
+    """16-bit WAV, atomically; libsndfile's faults become an :class:`OSError` naming the file."""
+    with atomic_path(path) as tmp:
+        try:
+            sf.write(str(tmp), wave, sample_rate_hz, subtype="PCM_16", format="WAV")
+        except sf.LibsndfileError as exc:  # a full disk reads "System error."
+            raise OSError(errno.EIO, f"cannot write audio (libsndfile: {exc}; is the disk "
+                                     "full?)", str(path)) from None
 
 
 def load_or_generate(out_dir: str | os.PathLike[str], **params) -> pd.DataFrame:
