@@ -147,7 +147,7 @@ def test_a_write_fault_is_one_line_naming_the_file(tmp_path: Path) -> None:
 def test_atomic_writes_name_the_file_a_failed_write_was_for(tmp_path: Path) -> None:
     import errno
 
-    from emobridge.fileio import atomic_open
+    from emobridge.fileio import atomic_open, write_text_atomic
 
     target = tmp_path / "x.json"
     with pytest.raises(OSError) as caught, atomic_open(target) as fh:
@@ -155,3 +155,9 @@ def test_atomic_writes_name_the_file_a_failed_write_was_for(tmp_path: Path) -> N
         raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises
     assert caught.value.filename == str(target) and not target.exists()
     assert list(tmp_path.iterdir()) == []
+    folder = tmp_path / "taken"  # the rename onto a folder fails: named, not the temp file
+    (folder / "inside").mkdir(parents=True)
+    with pytest.raises(OSError) as caught:
+        write_text_atomic(folder, "x")
+    assert caught.value.filename == str(folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]

@@ -35,8 +35,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix,
-                               dir=final.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix,
+                                   dir=final.parent)
+    except OSError as exc:
+        exc.filename = str(final)  # the temporary name would mean nothing to the user
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600; give the file the mode a plain open() would have had.
@@ -45,7 +49,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, final)
     except OSError as exc:
-        if exc.filename is None:  # a failed write() names no file: name the one being written
+        # A failed write() names no file, a failed rename the temporary one: name the target.
+        if exc.filename in (None, str(tmp_path)):
             exc.filename = str(final)
         raise
     finally:
