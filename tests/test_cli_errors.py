@@ -161,3 +161,44 @@ def test_atomic_writes_name_the_file_a_failed_write_was_for(tmp_path: Path) -> N
         write_text_atomic(folder, "x")
     assert caught.value.filename == str(folder)
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_fifos_and_devices_are_refused_not_read(tmp_path: Path) -> None:
+    """A FIFO would block a reader and /dev/zero never ends: each is one error, at once
+    (run in a child with a timeout, so a regression fails instead of hanging the suite)."""
+    os.mkfifo(tmp_path / "pipe.wav")
+    os.mkfifo(tmp_path / "pipe.csv")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    script = f"""
+import sys
+from pathlib import Path
+from emobridge.audio import file_hash, load_audio
+from emobridge.corpora.manifest import read_manifest
+from emobridge.errors import EmobridgeError
+from emobridge.fileio import check_regular_file, read_json
+root = Path({str(tmp_path)!r})
+(root / "big.json").write_text("[" + "0," * 100 + "0]")
+for call in (lambda: load_audio(root / "pipe.wav"), lambda: read_manifest(root / "pipe.csv"),
+             lambda: read_json(root / "zero.json", "missing"),
+             lambda: file_hash(root / "pipe.wav"),
+             lambda: check_regular_file(root / "big.json", max_bytes=100)):
+    try:
+        call()
+    except (EmobridgeError, OSError) as exc:
+        print(type(exc).__name__, exc)
+"""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=60)
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 5, (done.stdout, done.stderr)
+    assert lines[0] == f"AudioError {tmp_path / 'pipe.wav'}: cannot read audio header (not a " \
+                       "regular file)"
+    assert lines[1].startswith("CorpusError manifest") and "not a regular file" in lines[1]
+    assert lines[2] == f"EmobridgeError {tmp_path / 'zero.json'}: unreadable (not a regular file)"
+    assert lines[3].startswith("OSError") and "not a regular file" in lines[3]
+    assert "203 bytes, more than the 100 read" in lines[4]
+    (tmp_path / "ok.wav").write_bytes((tmp_path / "big.json").read_bytes())  # not audio
+    shown = _cli("predict", str(tmp_path), "--skip-errors")  # the folder walk lists the FIFO
+    assert "pipe.wav: cannot read audio header (not a regular file)" in shown.stderr

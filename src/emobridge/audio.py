@@ -18,6 +18,7 @@ import soundfile as sf
 import soxr
 
 from emobridge.errors import AudioError, ConfigError
+from emobridge.fileio import check_regular_file
 
 DEFAULT_SAMPLE_RATE_HZ = 16_000
 #: Peak amplitude below which a file counts as silent.
@@ -35,8 +36,11 @@ MAX_DURATION_S = 3 * 3600.0
 
 def _read_info(path: Path) -> sf._SoundFileInfo:
     try:
+        check_regular_file(path)
         return sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read audio header ({exc.strerror or exc})") from None
+    except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"{path}: cannot read audio header ({exc})") from None
 
 
@@ -235,7 +239,7 @@ def normalise_level(wave: np.ndarray, mode: LevelMode = "rms", target_dbfs: floa
 def file_hash(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
     """BLAKE2b-128 hex digest of a file's bytes: the audio's identity in the feature store."""
     h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
+    with open(check_regular_file(path), "rb") as fh:
         while chunk := fh.read(chunk_bytes):
             h.update(chunk)
     return h.hexdigest()

@@ -6,9 +6,11 @@ An interrupted run therefore never leaves a half-written file under the final na
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -81,6 +83,25 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
                                        allow_nan=False) + "\n")
 
 
+#: Largest JSON document read (bundle, method, metrics, store metadata): far above any this
+#: toolkit writes, far below what would exhaust memory.
+MAX_JSON_BYTES = 64 * 2**20
+
+
+def check_regular_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> Path:
+    """``path`` if it is a regular file (symlinks followed) of at most ``max_bytes``, else an
+    :class:`OSError` naming it (a missing one raises ``FileNotFoundError`` as ``open`` would).
+    Readers call this first: a FIFO would block them, a device such as /dev/zero never ends."""
+    path = Path(path)
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise OSError(errno.EFBIG, f"{info.st_size} bytes, more than the {max_bytes} read",
+                      str(path))
+    return path
+
+
 def loads_json(text: str) -> Any:
     """``json.loads``, where a document nested too deep for the parser raises
     :class:`ValueError` like any other malformed JSON (``json`` raises RecursionError)."""
@@ -97,10 +118,12 @@ def read_json(path: str | os.PathLike[str], missing: str) -> Any:
 
     path = Path(path)
     try:
-        return loads_json(path.read_text(encoding="utf-8"))
+        return loads_json(check_regular_file(path, MAX_JSON_BYTES).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise EmobridgeError(missing) from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise EmobridgeError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    except ValueError as exc:
         raise EmobridgeError(f"{path}: unreadable ({exc})") from None
 
 

@@ -26,8 +26,11 @@ def _manifest_paths(path: Path) -> list[str]:
     path per line); relative paths are taken from the manifest's folder."""
     import pandas as pd
 
+    from emobridge.fileio import check_regular_file
+
     suffix = path.suffix.lower()
     try:
+        check_regular_file(path)
         if suffix == ".txt":
             items = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
             items = [x for x in items if x and not x.startswith("#")]
@@ -54,8 +57,9 @@ def collect_inputs(inputs: list[Path]) -> list[str]:
     found: list[str] = []
     for item in inputs:
         if item.is_dir():
+            # Not is_file(): a FIFO or device named *.wav is listed, then refused as unreadable.
             found += sorted(str(p) for p in item.rglob("*")
-                            if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+                            if p.suffix.lower() in AUDIO_EXTENSIONS and not p.is_dir())
         elif item.suffix.lower() in MANIFEST_SUFFIXES and item.is_file():
             found += _manifest_paths(item)
         else:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from emobridge.errors import CorpusError
-from emobridge.fileio import atomic_path
+from emobridge.fileio import atomic_path, check_regular_file
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "path",
@@ -161,6 +161,7 @@ def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise CorpusError(f"manifest {path} does not exist")
     suffix = path.suffix.lower()
     try:
+        check_regular_file(path)
         if suffix == ".parquet":
             df = pd.read_parquet(path)
         elif suffix in (".csv", ".tsv"):
