@@ -195,7 +195,8 @@ for call in (lambda: load_audio(root / "pipe.wav"), lambda: read_manifest(root /
     assert len(lines) == 5, (done.stdout, done.stderr)
     assert lines[0] == f"AudioError {tmp_path / 'pipe.wav'}: cannot read audio header (not a " \
                        "regular file)"
-    assert lines[1].startswith("CorpusError manifest") and "not a regular file" in lines[1]
+    assert lines[1] == f"CorpusError manifest {tmp_path / 'pipe.csv'} could not be read: not a " \
+                       "regular file"
     assert lines[2] == f"EmobridgeError {tmp_path / 'zero.json'}: unreadable (not a regular file)"
     assert lines[3].startswith("OSError") and "not a regular file" in lines[3]
     assert "203 bytes, more than the 100 read" in lines[4]

@@ -172,6 +172,8 @@ def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
             raise CorpusError(f"manifest {path}: unknown format {suffix!r} (use .csv or .parquet)")
     except CorpusError:
         raise
+    except OSError as exc:
+        raise CorpusError(f"manifest {path} could not be read: {exc.strerror or exc}") from None
     except Exception as exc:  # pandas/pyarrow raise many types for broken files
         raise CorpusError(f"manifest {path} could not be read: {exc}") from exc
     return validate_manifest(df, source=str(path))
