@@ -102,6 +102,8 @@ def test_full_disk_is_one_line_and_keeps_the_store_consistent(tmp_path: Path,
              "from emobridge.features import FeatureStore; import pathlib; "
              f"s = FeatureStore('$D'); print('entries', int(s.list()['entries'].sum())); "
              "print('tmp', [p.name for p in pathlib.Path('$D').rglob('*') if 'tmp' in p.name]); "
+             "print('empty', [p.name for p in pathlib.Path('$D').rglob('*.f32') "
+             "if p.stat().st_size == 0]); "
              "print('missing', len(s.missing(sys.argv[1], sys.argv[2])))\" "
              f"{small} {SPEC}")
     setup = (f'mount -t tmpfs -o size=256k none "$D" && '
@@ -114,7 +116,7 @@ def test_full_disk_is_one_line_and_keeps_the_store_consistent(tmp_path: Path,
     assert len(err) == 1 and err[0].startswith("error: feature store ")
     assert "No space left on device" in err[0] and str(store) in err[0]
     # The two entries stored before are intact; nothing half-written is indexed or left.
-    assert "entries 2" in proc.stdout and "tmp []" in proc.stdout
+    assert "entries 2" in proc.stdout and "tmp []" in proc.stdout and "empty []" in proc.stdout
     assert "missing 0" in proc.stdout
 
 

@@ -840,6 +840,8 @@ class _ShardWriter:
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fh.fileno(), start)
+                    if start == 0:  # this writer's own new shard: leave no empty file behind
+                        data.unlink()
                 raise
         index = self.folder / f"{self.stem}.json"
         with _index_lock(self.folder):
