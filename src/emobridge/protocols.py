@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from emobridge.errors import CorpusError, EmobridgeError, SpeakerLeakError
+from emobridge.runtime import check_seed
 
 __all__ = [
     "CellRows",
@@ -228,12 +229,6 @@ def _require_columns(manifest: pd.DataFrame, columns: Sequence[str], what: str) 
             raise CorpusError(f"{what}: empty speaker in row {row} ({path})")
 
 
-def _check_seed(seed: int) -> int:
-    from emobridge.runtime import check_seed
-
-    return check_seed(seed)
-
-
 def _check_ratios(ratios: Sequence[float], names: Sequence[str]) -> np.ndarray:
     r = np.asarray(ratios, dtype=float)
     if r.shape != (len(names),):
@@ -380,7 +375,7 @@ def speaker_split(
     """
     _require_columns(manifest, ["path", "speaker"], "speaker_split")
     r = _check_ratios(ratios, PARTITIONS)
-    parts = _assign_speakers(manifest, r, _check_seed(seed), stratify_by, PARTITIONS,
+    parts = _assign_speakers(manifest, r, check_seed(seed), stratify_by, PARTITIONS,
                              "speaker_split")
     check_speaker_independence(parts)
     return Split(**parts)
@@ -405,7 +400,7 @@ def speaker_folds(
     the number of speakers.
     """
     _require_columns(manifest, ["path", "speaker"], "speaker_folds")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     minimum = 3 if validation else 2
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < minimum:
         raise ProtocolError(f"speaker_folds: k must be an integer >= {minimum} "
@@ -509,7 +504,7 @@ def leave_one_out(
     ``by="language"``) raises :class:`SpeakerLeakError`.
     """
     _require_columns(manifest, ["path", "speaker", by], "leave_one_out")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not 0.0 <= validation_ratio < 1.0:
         raise ProtocolError(f"leave_one_out: validation_ratio must be in [0, 1), "
                             f"got {validation_ratio!r}")
@@ -562,7 +557,7 @@ def few_shot_subset(
     """
     _require_columns(manifest, ["path", label_column] if stratify else ["path"],
                      "few_shot_subset")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise ProtocolError(f"few_shot_subset: k must be a non-negative integer, got {k!r}")
     if k > len(manifest):
@@ -629,7 +624,7 @@ def few_shot_seconds(
     are nested across sizes as well. ``0`` gives an empty frame; more than the manifest holds
     raises :class:`ProtocolError`."""
     _require_columns(manifest, ["path", "duration_s"], "few_shot_seconds")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not np.isfinite(seconds) or seconds < 0:
         raise ProtocolError(f"few_shot_seconds: seconds must be >= 0, got {seconds!r}")
     if seconds == 0:
@@ -696,7 +691,7 @@ def cross_corpus_split(
     """
     _require_columns(source, ["path", "speaker"], "cross_corpus_split source")
     _require_columns(target, ["path", "speaker"], "cross_corpus_split target")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not 0.0 <= source_validation_ratio < 1.0:
         raise ProtocolError(f"cross_corpus_split: source_validation_ratio must be in [0, 1), "
                             f"got {source_validation_ratio!r}")

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from emobridge.errors import ConfigError, EmobridgeError, EmobridgeWarning
+from emobridge.fileio import check_regular_file
 
 console = Console()
 err_console = Console(stderr=True)
@@ -25,8 +26,6 @@ def _manifest_paths(path: Path) -> list[str]:
     """Paths listed in a manifest (a table with a ``path`` column, or a text file with one
     path per line); relative paths are taken from the manifest's folder."""
     import pandas as pd
-
-    from emobridge.fileio import check_regular_file
 
     suffix = path.suffix.lower()
     try:
