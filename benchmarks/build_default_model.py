@@ -12,7 +12,9 @@ limits, the measured UA). Same arguments, same seed -> same model and the same f
 
 ``--method`` / ``--features`` / ``-p KEY=VALUE`` choose the recipe (any registered method
 and extractor spec). ``--limit N`` keeps N utterances per corpus (a smoke run, not for
-shipping). The bundle must stay under ``--max-mb`` (2 MB).
+shipping). The bundle keeps a source memory (the training vectors in float16 and GE2E speaker
+embeddings, ``--speaker-features``) so that ``emobridge adapt`` / ``predict --adapt`` can adapt
+it to a user's recordings; the whole folder must stay under ``--max-mb`` (10 MB).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from _common import DEFAULT_CORPORA, REPO, extract_features, load_manifest
 CORPORA = {"emodb": "German", "ravdess": "English", "emovo": "Italian"}
 DEFAULT_OUT = REPO / "src" / "emobridge" / "inference" / "default"
 DEFAULT_FEATURES = "whisper:backend=torch,layer=[2,3,4],pooling=mean,level=rms"  # the recipe's
+SPEAKER_FEATURES = "ge2e"  # speaker embeddings in the source memory (speaker estimation)
 
 
 def licences(corpora_root: Path) -> dict[str, dict[str, str]]:
@@ -91,6 +94,18 @@ def leave_one_corpus_out(args: argparse.Namespace, params: dict[str, Any],
               f"{100 * scores[held]['wa']:.1f} %  ({len(test)} utt, "
               f"{scores[held]['fit_s']} s)", flush=True)
     return scores
+
+
+def source_memory(args: argparse.Namespace, manifests: dict[str, Any], data: Any) -> Any:
+    """The training vectors (and speaker embeddings) that let the bundle adapt."""
+    from emobridge.inference.memory import SourceMemory
+
+    spec = args.speaker_features or None
+    embeds = None
+    if spec is not None:
+        found = extract_features(args.store, manifests, spec)
+        embeds = np.concatenate([np.stack(found[n]) for n in CORPORA])
+    return SourceMemory.from_data(data, embeds, spec)
 
 
 def _concat(frames: list[Any]) -> Any:
@@ -173,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="utterances per corpus (smoke runs only)")
     parser.add_argument("--skip-loco", action="store_true",
                         help="do not measure leave-one-corpus-out (the card says so)")
-    parser.add_argument("--max-mb", type=float, default=2.0)
+    parser.add_argument("--speaker-features", default=SPEAKER_FEATURES,
+                        help="extractor spec of the memory's speaker embeddings ('' for none)")
+    parser.add_argument("--max-mb", type=float, default=10.0)
     args = parser.parse_args(argv)
 
     from emobridge.errors import EmobridgeError
@@ -198,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     data = EmotionData.concat([to_data(manifests[n], feats[n], classes) for n in CORPORA])
     model = build(args, params).fit(data)
+    memory = source_memory(args, manifests, data)
     t_fit = time.perf_counter() - t0
     info = licences(args.corpora_root)
     card = make_card(args, params, loco, info)
@@ -206,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = save_bundle(model, args.out, extractor=args.features, training=summary,
                           card=card, card_markdown=card_markdown(card, loco, info),
-                          label_set="4class")
+                          label_set="4class", memory=memory)
     except EmobridgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

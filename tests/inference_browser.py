@@ -81,27 +81,58 @@ class PipeBrowser:
         return self.send("Target.attachToTarget", {"targetId": target, "flatten": True}
                          )["sessionId"]
 
-    def evaluate(self, session: str, expression: str) -> Any:
+    def evaluate(self, session: str, expression: str, await_promise: bool = False) -> Any:
+        """The value of ``expression`` in the page (of the promise it gives, if awaited)."""
         result = self.send("Runtime.evaluate", {"expression": expression,
-                                                "returnByValue": True}, session)
+                                                "returnByValue": True,
+                                                "awaitPromise": await_promise}, session)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression!r}: {result['exceptionDetails'].get('text')} "
+                               f"{result.get('result', {}).get('description', '')}")
         return result.get("result", {}).get("value")
 
     def wait_for(self, session: str, expression: str, timeout: float = 20.0) -> Any:
         """Poll ``expression`` until it is truthy; its value."""
         deadline = time.monotonic() + timeout
+        error = ""
         while time.monotonic() < deadline:
-            value = self.evaluate(session, expression)
+            try:  # a page still loading may not have the elements yet
+                value = self.evaluate(session, expression)
+            except RuntimeError as exc:
+                value, error = None, f" (last error: {exc})"
             if value:
                 return value
             time.sleep(0.05)
-        raise TimeoutError(f"{expression!r} stayed false for {timeout} s")
+        raise TimeoutError(f"{expression!r} stayed false for {timeout} s{error}")
 
     def set_file(self, session: str, selector: str, path: Path) -> None:
         """Choose ``path`` in the file input ``selector`` (fires its change event)."""
+        self.set_files(session, selector, [path])
+
+    def set_files(self, session: str, selector: str, paths: list[Path]) -> None:
+        """Choose ``paths`` at once in the (``multiple``) file input ``selector``."""
         root = self.send("DOM.getDocument", {}, session)["root"]["nodeId"]
         node = self.send("DOM.querySelector", {"nodeId": root, "selector": selector},
                          session)["nodeId"]
-        self.send("DOM.setFileInputFiles", {"files": [str(path)], "nodeId": node}, session)
+        self.send("DOM.setFileInputFiles", {"files": [str(p) for p in paths],
+                                            "nodeId": node}, session)
+
+    def allow_downloads(self, folder: Path) -> None:
+        """Save the pages' downloads in ``folder`` (headless asks nobody)."""
+        self.send("Browser.setDownloadBehavior", {"behavior": "allow",
+                                                  "downloadPath": str(folder)})
+
+    def screenshot(self, session: str, path: Path, width: int = 1100,
+                   height: int = 1400) -> Path:
+        """A PNG of the page at ``width`` x ``height`` CSS pixels."""
+        import base64
+
+        self.send("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session)
+        data = self.send("Page.captureScreenshot", {"format": "png"}, session)["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
 
     def close(self) -> None:
         with contextlib.suppress(OSError, RuntimeError, TimeoutError):

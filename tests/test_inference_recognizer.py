@@ -64,7 +64,7 @@ def test_predict_many_table_and_errors(tiny_bundle, tmp_path):
     bad.write_bytes(b"RIFF....not audio")
     table = rec.predict_many(paths, stats="bundle")
     assert list(table.columns) == ["path", "duration_s", "emotion",
-                                   *[f"p_{c}" for c in CLASSES], "stats"]
+                                   *[f"p_{c}" for c in CLASSES], "stats", "adaptation"]
     assert table["path"].tolist() == [str(p) for p in paths]
     assert set(table["stats"]) == {"bundle"}
     with pytest.raises(AudioError, match="bad.wav"):

@@ -35,6 +35,7 @@ _COMMAND_MODULES: list[tuple[str, str | None]] = [
     ("features", "features"),
     ("run", None),
     ("predict", None),
+    ("adapt", None),
     ("serve", None),
     ("model", "model"),
 ]

@@ -22,12 +22,14 @@ MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".txt")
 OUTPUT_SUFFIXES = (".csv", ".json", ".parquet")
 
 
-def _manifest_paths(path: Path) -> list[str]:
+def _manifest_frame(path: Path) -> tuple[list[str], Any]:
     """Paths listed in a manifest (a table with a ``path`` column, or a text file with one
-    path per line); relative paths are taken from the manifest's folder."""
+    path per line; relative paths are taken from the manifest's folder) and the table's
+    rows for them (``None`` for a text file)."""
     import pandas as pd
 
     suffix = path.suffix.lower()
+    frame = None
     try:
         check_regular_file(path)
         if suffix == ".txt":
@@ -40,11 +42,40 @@ def _manifest_paths(path: Path) -> list[str]:
             if "path" not in frame.columns:
                 raise ConfigError(f"manifest {path}: no 'path' column (columns: "
                                   f"{', '.join(map(str, frame.columns[:8]))})")
-            items = [str(x) for x in frame["path"] if str(x).strip()]
+            frame = frame[[bool(str(x).strip()) for x in frame["path"]]]
+            items = [str(x) for x in frame["path"]]
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(f"manifest {path}: cannot be read ({exc})") from None
     return [x if os.path.isabs(x) or os.path.exists(x) else str(path.parent / x)
-            for x in items]
+            for x in items], frame
+
+
+def _manifest_paths(path: Path) -> list[str]:
+    return _manifest_frame(path)[0]
+
+
+def collect_speakers(inputs: list[Path], column: str) -> tuple[list[str], list[str]]:
+    """Files and their speaker ids from the ``column`` of manifests (``--speakers
+    COLUMN``); any other input, or a row without a speaker, raises :class:`ConfigError`."""
+    paths: list[str] = []
+    speakers: list[str] = []
+    for item in inputs:
+        if not (item.suffix.lower() in MANIFEST_SUFFIXES and item.suffix.lower() != ".txt"
+                and item.is_file()):
+            raise ConfigError(f"--speakers {column}: speaker ids come from a manifest column, "
+                              f"and {item} is not a .csv, .tsv or .parquet manifest (use "
+                              "--speakers auto or none for files and folders)")
+        found, frame = _manifest_frame(item)
+        if column not in frame.columns:
+            raise ConfigError(f"--speakers {column}: manifest {item} has no such column "
+                              f"(columns: {', '.join(map(str, frame.columns[:8]))})")
+        ids = [str(x).strip() for x in frame[column]]
+        if any(not x or x.lower() == "nan" for x in ids):
+            raise ConfigError(f"--speakers {column}: manifest {item} has rows without a "
+                              "speaker id")
+        paths += found
+        speakers += ids
+    return paths, speakers
 
 
 def collect_inputs(inputs: list[Path]) -> list[str]:
@@ -94,9 +125,10 @@ def _show(table: Any) -> None:
     if "start_s" in table.columns and table["file" if "file" in table else "path"].nunique() == 1:
         notes.append(str(table.iloc[0, 0]))  # one file's timeline: its name as the caption
         table = table.iloc[:, 1:]
-    if "stats" in table.columns and table["stats"].nunique() == 1:
-        notes.append(f"statistics: {table['stats'].iloc[0]}")
-        table = table.drop(columns="stats")
+    for col, what in (("stats", "statistics"), ("adaptation", "adaptation")):
+        if col in table.columns and table[col].nunique() == 1:
+            notes.append(f"{what}: {table[col].iloc[0]}")
+            table = table.drop(columns=col)
     caption = "; ".join(notes) or None
     table = table.rename(columns=lambda c: c[2:] if c.startswith("p_") else
                          {"duration_s": "sec"}.get(c, c))
@@ -168,6 +200,19 @@ StatsOpt = Annotated[str, Opt("--stats", help="Standardisation statistics: bundl
 DeviceOpt = Annotated[str, Opt("--device", help="cpu, cuda, cuda:N, mps or auto.")]
 ProgressOpt = Annotated[bool | None, Opt("--progress/--no-progress", help="Progress bar "
                                          "(default: when stderr is a terminal).")]
+AdaptOpt = Annotated[bool, Opt("--adapt", help="Adapt the model to the files given (no "
+                              "labels: their statistics, estimated speakers, self-training), "
+                              "then label them; see 'emobridge adapt'.")]
+
+
+def load_recognizer(model: Path | None, device: str) -> Any:
+    """The recognizer of ``model`` (the default model when ``None``) on ``device``."""
+    from emobridge.inference.recognizer import Recognizer
+    from emobridge.runtime import resolve_device
+
+    used = resolve_device(device)
+    return Recognizer.load(model, device=used) if model is not None \
+        else Recognizer.default(device=used)
 
 
 def predict(
@@ -177,11 +222,16 @@ def predict(
     model: ModelOpt = None, out: OutOpt = None, skip_errors: SkipOpt = False,
     segment: SegmentOpt = "none", window: WindowOpt = 3.0, hop: HopOpt = 1.0,
     plot: PlotOpt = None, stats: StatsOpt = "auto", device: DeviceOpt = "cpu",
-    progress: ProgressOpt = None,
+    progress: ProgressOpt = None, adapt: AdaptOpt = False,
+    speakers: Annotated[str, Opt("--speakers", help="With --adapt: auto (estimated), none "
+                                 "(per-corpus statistics) or a manifest COLUMN.")] = "auto",
+    store: Annotated[Path | None, Opt("--store", help="With --adapt: feature-store folder "
+                                      "caching the files' features.")] = None,
+    seed: Annotated[int, Opt("--seed", min=0, max=2**32 - 1, help="With --adapt: its "
+                             "seed.")] = 0,
 ) -> None:
-    """Label audio files: path, duration, predicted emotion, one probability per class."""
-    from emobridge.inference.recognizer import Recognizer, plot_timeline
-    from emobridge.runtime import resolve_device
+    """Label audio files: path, duration, predicted emotion, one probability per class, and
+    which statistics and adaptation produced each row."""
 
     if out is not None and out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ConfigError(f"--out {out}: use a .csv, .json or .parquet file name")
@@ -189,26 +239,50 @@ def predict(
         raise ConfigError(f"--segment {segment!r}: use none, vad or fixed")
     if plot is not None and segment == "none":
         raise ConfigError("--plot draws a timeline: add --segment vad or --segment fixed")
-    files = collect_inputs(paths)
-    if not files:
-        raise EmobridgeError(f"no audio files found in {', '.join(map(str, paths))} "
-                             f"(extensions looked for in folders: wav, flac, ogg, mp3...)")
-    used = resolve_device(device)
-    rec = Recognizer.load(model, device=used) if model is not None \
-        else Recognizer.default(device=used)
+    if adapt and segment != "none":
+        raise ConfigError("--adapt labels whole files: leave out --segment (or adapt first "
+                          "with 'emobridge adapt' and use --model)")
+    if not adapt and (speakers != "auto" or store is not None):
+        raise ConfigError("--speakers and --store go with --adapt")
     show = sys.stderr.isatty() if progress is None else progress
-    table, errors = _run(rec, files, stats, None if segment == "none" else segment,
-                         window, hop, show)
+    if adapt:
+        from emobridge.commands.adapt import inputs_and_speakers, run_adaptation
+
+        files, spk = inputs_and_speakers(paths, speakers)
+        rec = load_recognizer(model, device)
+        table = run_adaptation(rec, files, spk, store=store, seed=seed, show_progress=show)[1]
+        errors = table.attrs.get("errors", {})
+    else:
+        files = collect_inputs(paths)
+        if not files:
+            raise EmobridgeError(f"no audio files found in {', '.join(map(str, paths))} "
+                                 f"(extensions looked for in folders: wav, flac, ogg, mp3...)")
+        rec = load_recognizer(model, device)
+        table, errors = _run(rec, files, stats, None if segment == "none" else segment,
+                             window, hop, show)
+    _emit(rec, table, errors, out, plot)
+    _report_errors(errors, len(files), skip_errors)
+
+
+def _emit(rec: Any, table: Any, errors: dict[str, str], out: Path | None,
+          plot: Path | None) -> None:
+    """The table to ``out`` (with one summary line of the statistics and adaptation used)
+    or the terminal, and the timeline plot."""
+    from emobridge.inference.recognizer import plot_timeline
+
     if out is not None:
-        write_table(table, out, {"model": str(rec.bundle.path), "classes": list(rec.classes),
-                                 "errors": errors})
-        console.print(f"{len(table)} rows -> {out}", highlight=False)
+        extra = {"model": str(rec.bundle.path), "classes": list(rec.classes), "errors": errors,
+                 "warnings": table.attrs.get("warnings", [])}
+        write_table(table, out, extra)
+        used = "; ".join(f"{c}: {', '.join(map(str, table[c].unique()[:3]))}"
+                         for c in ("stats", "adaptation") if c in table.columns and len(table))
+        console.print(f"{len(table)} rows -> {out}" + (f" ({used})" if used else ""),
+                      highlight=False)
     elif len(table):
-        _show(table)
+        _show(table)  # its caption names the statistics and adaptation
     if plot is not None and len(table):
         plot_timeline(table, plot)
         console.print(f"timeline -> {plot}", highlight=False)
-    _report_errors(errors, len(files), skip_errors)
 
 
 def _report_errors(errors: dict[str, str], total: int, skip_errors: bool) -> None:

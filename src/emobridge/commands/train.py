@@ -81,12 +81,16 @@ def _write_outputs(out: Path, model: Any, method: str, data: Any, result: dict[s
 
 def _save_bundle(folder: Path, model: Any, data: Any, result: dict[str, Any], extractor: str,
                  label_set: str) -> None:
-    """The trained method as a model bundle (``emobridge predict --model OUT/model``)."""
+    """The trained method as a model bundle (``emobridge predict --model OUT/model``), with
+    the source data as its memory when the features are vectors, so that ``emobridge
+    adapt`` can adapt it (frame sequences would make the bundle as large as the store)."""
     from emobridge.inference.bundle import save_bundle, training_summary
+    from emobridge.inference.memory import SourceMemory
 
     scores = {k: result["test"][k] for k in ("ua", "wa", "macro_f1", "n")
               if k in result["test"]}
-    save_bundle(model, folder, extractor=extractor, label_set=label_set,
+    memory = None if data.source.is_sequence else SourceMemory.from_data(data.source)
+    save_bundle(model, folder, extractor=extractor, label_set=label_set, memory=memory,
                 training=training_summary(data.source, target=data.target_unlabelled,
                                           metrics={"target_test": scores}))
 

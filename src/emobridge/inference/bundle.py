@@ -7,7 +7,14 @@ A bundle is a folder::
     bundle.json         format version, emobridge version, extractor spec and feature id,
                         classes in output order, method name / parameters / small fitted
                         values, training summary, model card, SHA-256 of every other file
+    memory.safetensors  (optional) the source memory: training vectors, labels, speaker and
+                        corpus ids, so that the bundle can adapt to a user's recordings
+                        (:mod:`emobridge.inference.memory`)
     card.md             (optional) the model card as Markdown
+
+An *adapted* bundle (``emobridge adapt``) is a bundle like any other; its ``bundle.json``
+also holds ``adaptation``: the domain it was adapted to (files, hours, a digest of the file
+list, speakers used, statistics, pseudo-label class shares per round, warnings, time).
 
 Loading checks the format version and every checksum before reading any array and raises
 :class:`~emobridge.errors.EmobridgeError` naming what is wrong. Nothing is unpickled.
@@ -43,6 +50,32 @@ class Bundle:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def memory_meta(self) -> dict[str, Any] | None:
+        """The source memory's description in ``bundle.json`` (``None``: no memory)."""
+        memory = self.meta.get("memory")
+        return memory if isinstance(memory, dict) else None
+
+    @property
+    def adaptation(self) -> dict[str, Any] | None:
+        """The domain this bundle was adapted to (``None`` for a trained bundle)."""
+        adaptation = self.meta.get("adaptation")
+        return adaptation if isinstance(adaptation, dict) else None
+
+    def load_memory(self) -> Any:
+        """The :class:`~emobridge.inference.memory.SourceMemory` (checksummed at load);
+        :class:`EmobridgeError` when the bundle has none."""
+        from emobridge.inference.memory import SourceMemory
+
+        if self.memory_meta is None:
+            raise EmobridgeError(f"{self.path}: this bundle has no source memory, so it cannot "
+                                 "adapt (retrain it with 'emobridge train', which keeps one)")
+        name = self.memory_meta.get("file")
+        if name not in self.meta.get("files", {}):  # only checksummed files are read
+            raise EmobridgeError(f"{self.path / BUNDLE_JSON}: the source memory {name!r} is "
+                                 "not among the bundle's checksummed files")
+        return SourceMemory.read(self.path, self.memory_meta)
+
+    @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.meta["classes"])
 
@@ -53,11 +86,19 @@ class Bundle:
     @property
     def card(self) -> dict[str, Any]:
         """The model card (what ``emobridge model info`` and ``GET /v1/model`` show)."""
-        return {"path": str(self.path), "method": self.meta["method"]["name"],
+        memory = self.memory_meta
+        card = {"path": str(self.path), "method": self.meta["method"]["name"],
                 "classes": list(self.classes), "extractor": self.meta["extractor"],
                 "feature_id": self.meta.get("feature_id"),
                 "emobridge_version": self.meta.get("emobridge_version"),
-                "training": self.meta.get("training", {}), **self.meta.get("card", {})}
+                "training": self.meta.get("training", {}),
+                "source_memory": None if memory is None else {
+                    k: memory.get(k) for k in ("utterances", "dims", "dtype", "bytes",
+                                               "speaker_features")},
+                **self.meta.get("card", {})}
+        if self.adaptation is not None:
+            card["adaptation"] = self.adaptation
+        return card
 
 
 def training_summary(source: Any, target: Any = None,
@@ -99,6 +140,8 @@ def save_bundle(
     card: Mapping[str, Any] | None = None,
     card_markdown: str | None = None,
     label_set: str | None = None,
+    memory: Any = None,
+    adaptation: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``method`` (fitted) as a bundle in ``directory`` (new, empty, or an earlier
     bundle, which is replaced).
@@ -106,7 +149,9 @@ def save_bundle(
     ``extractor`` is the spec of the features the method was trained on (a spec string or
     ``{"name", "params"}``); ``training`` a JSON summary (corpora, languages, speakers and
     utterances per class, held-out metrics); ``card`` extra model-card fields (intended
-    use, limits, licences...), ``card_markdown`` the card as text.
+    use, limits, licences...), ``card_markdown`` the card as text. ``memory`` (a
+    :class:`~emobridge.inference.memory.SourceMemory`) lets the bundle adapt later;
+    ``adaptation`` describes the domain an adapted bundle was adapted to.
     """
     from emobridge import __version__
     from emobridge.features.registry import build_extractor
@@ -118,6 +163,12 @@ def save_bundle(
     state, arrays = method_state(method)
     write_arrays(directory / WEIGHTS_FILE, arrays)
     files = [WEIGHTS_FILE]
+    memory_meta = None
+    if memory is not None:
+        memory_meta = memory.write(directory)
+        files.append(memory_meta["file"])
+    elif (directory / "memory.safetensors").exists():  # left by the bundle being replaced
+        (directory / "memory.safetensors").unlink()
     if card_markdown is not None:
         write_text_atomic(directory / CARD_FILE, card_markdown)
         files.append(CARD_FILE)
@@ -128,6 +179,7 @@ def save_bundle(
         "method": {"name": state["method"], "params": state.get("params", {}),
                    "state": state},
         "training": dict(training or {}), "card": dict(card or {}),
+        "memory": memory_meta, "adaptation": None if adaptation is None else dict(adaptation),
         "files": {name: sha256_file(directory / name) for name in files},
     }
     write_json_atomic(directory / BUNDLE_JSON, meta)  # last: a bundle.json means complete

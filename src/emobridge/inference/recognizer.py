@@ -9,10 +9,16 @@ Which standardisation statistics a prediction uses (``stats``):
   manifest of the user's own recordings is a domain, and per-corpus standardisation is how
   cross-corpus models remove recording-condition shift. Needs at least
   :data:`MIN_DOMAIN_FILES` readable files.
-- ``"auto"`` -- ``"domain"`` when the model was trained with per-corpus standardisation
-  (``normalise="per_corpus"``) and there are enough files, else ``"bundle"``.
+- ``"auto"`` -- ``"domain"`` when the model standardises per corpus or per speaker and
+  there are at least :data:`MIN_DOMAIN_FILES` files, else ``"bundle"``.
 
-Every table says which statistics were used (column ``stats``).
+Every table says which statistics were used (column ``stats``) and which adaptation
+(column ``adaptation``: ``none``, the adapted bundle's domain, or ``transductive`` for
+recordings adapted to and labelled together by :meth:`Recognizer.adapt_predict`).
+
+An adapted recognizer (:meth:`Recognizer.adapt`, or a bundle written by ``emobridge adapt``)
+uses the adapted domain's statistics as its ``"bundle"`` statistics, so single files
+predicted later are standardised like the recordings it adapted to.
 """
 
 from __future__ import annotations
@@ -42,8 +48,8 @@ Stats = Literal["auto", "bundle", "domain"]
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")
 #: Environment variable naming another default bundle (tests, a site-wide model).
 DEFAULT_MODEL_ENV = "EMOBRIDGE_DEFAULT_MODEL"
-#: Fewest files whose statistics make a domain.
-MIN_DOMAIN_FILES = 10
+#: Fewest files whose statistics make a domain (``stats="auto"`` uses them from here on).
+MIN_DOMAIN_FILES = 20
 #: Longest recording a timeline reads (a single prediction uses the audio module's limit).
 MAX_TIMELINE_S = 4 * 3600.0
 _BUNDLE_KEY = "__bundle__"
@@ -65,11 +71,12 @@ class Prediction:
     source: str = "waveform"
     stats: str = "bundle"
     extra: dict[str, Any] = field(default_factory=dict)
+    adaptation: str = "none"
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.source, "duration_s": round(self.duration_s, 3),
                 "emotion": self.label, "probabilities": self.probabilities,
-                "stats": self.stats}
+                "stats": self.stats, "adaptation": self.adaptation}
 
 
 class Recognizer:
@@ -115,6 +122,24 @@ class Recognizer:
         return self.bundle.card
 
     @property
+    def adaptation(self) -> dict[str, Any] | None:
+        """The domain this recognizer was adapted to (``None``: not adapted)."""
+        return self.bundle.adaptation
+
+    @property
+    def adaptation_label(self) -> str:
+        """What the ``adaptation`` column says for this recognizer's predictions."""
+        info = self.adaptation
+        if info is None:
+            return "none"
+        return f"adapted ({info.get('files')} files, {info.get('file_list_sha256')})"
+
+    @property
+    def bundle_stats_label(self) -> str:
+        """What the ``stats`` column says for the bundle's statistics."""
+        return "bundle" if self.adaptation is None else "adapted domain"
+
+    @property
     def extractor(self) -> Any:
         """The bundle's feature extractor, built on first use."""
         if self._extractor is None:
@@ -133,6 +158,10 @@ class Recognizer:
         norm = getattr(self.method, "normaliser_", None)
         stats = getattr(norm, "stats_", None)
         if not stats or norm.mode in ("global", "none"):
+            return
+        key = (self.adaptation or {}).get("statistics_key")
+        if key in stats:  # an adapted bundle: the adapted domain's statistics
+            norm.stats_[_BUNDLE_KEY] = stats[key]
             return
         means = np.stack([m for m, _ in stats.values()])
         stds = np.stack([s for _, s in stats.values()])
@@ -193,7 +222,10 @@ class Recognizer:
     def _prediction(self, p: np.ndarray, duration_s: float, source: str, stats: str
                     ) -> Prediction:
         probs = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
-        return Prediction(self.classes[int(np.argmax(p))], probs, duration_s, source, stats)
+        if stats == "bundle":
+            stats = self.bundle_stats_label
+        return Prediction(self.classes[int(np.argmax(p))], probs, duration_s, source, stats,
+                          adaptation=self.adaptation_label)
 
     # -- public API -----------------------------------------------------------------------
     def predict(self, source: AudioSource) -> Prediction:
@@ -230,8 +262,8 @@ class Recognizer:
             raise EmobridgeError(f"stats must be auto, bundle or domain, got {stats!r}")
         mode = getattr(getattr(self.method, "normaliser_", None), "mode", "none")
         if stats == "auto":
-            return "domain" if mode == "per_corpus" and n_files >= MIN_DOMAIN_FILES \
-                else "bundle"
+            return "domain" if mode in ("per_corpus", "per_speaker") \
+                and n_files >= MIN_DOMAIN_FILES else "bundle"
         if stats == "domain" and n_files < MIN_DOMAIN_FILES:
             raise EmobridgeError(f"domain statistics need at least {MIN_DOMAIN_FILES} files, "
                                  f"got {n_files}; use the bundle's statistics")
@@ -276,9 +308,9 @@ class Recognizer:
         """One row per prediction: path, duration_s, emotion, p_<class>..., stats."""
         rows = [{"path": p.source, "duration_s": round(p.duration_s, 3), "emotion": p.label,
                  **{f"p_{c}": p.probabilities[c] for c in self.classes}, **p.extra,
-                 "stats": p.stats} for p in predictions]
+                 "stats": p.stats, "adaptation": p.adaptation} for p in predictions]
         columns = ["path", "duration_s", "emotion", *[f"p_{c}" for c in self.classes]]
-        return pd.DataFrame(rows, columns=None if rows else columns + ["stats"])
+        return pd.DataFrame(rows, columns=None if rows else columns + ["stats", "adaptation"])
 
     def predict_many(self, paths: Iterable[str | os.PathLike], stats: Stats = "auto",
                      skip_errors: bool = False) -> pd.DataFrame:
@@ -298,6 +330,142 @@ class Recognizer:
         table.attrs["errors"] = errors
         return table
 
+    # -- adaptation -------------------------------------------------------------------------
+    def adapt(self, sources: Sequence[AudioSource], *, names: Sequence[str] | None = None,
+              speakers: str | Sequence[str] = "auto", seed: int = 0,
+              store: str | os.PathLike | None = None,
+              on_item: Callable[[], None] | None = None) -> Recognizer:
+        """A new recognizer adapted, without labels, to ``sources`` (paths or
+        ``(waveform, rate)`` pairs); this one is unchanged. See :meth:`adapt_predict`."""
+        return self.adapt_predict(sources, names=names, speakers=speakers, seed=seed,
+                                  store=store, on_item=on_item)[0]
+
+    def adapt_predict(self, sources: Sequence[AudioSource], *,
+                      names: Sequence[str] | None = None,
+                      speakers: str | Sequence[str] = "auto", seed: int = 0,
+                      store: str | os.PathLike | None = None,
+                      on_item: Callable[[], None] | None = None
+                      ) -> tuple[Recognizer, pd.DataFrame]:
+        """Adapt to ``sources`` and label them (transductive: every recording is part of the
+        adaptation pool); :mod:`emobridge.inference.adapt` says how.
+
+        ``speakers``: ``"auto"`` (estimated), ``"none"`` (per-corpus statistics) or one id
+        per source. ``store``: a feature-store folder that caches the features of paths
+        (a second adaptation of the same files skips extraction). Returns the adapted
+        recognizer and a table (:meth:`table` plus ``speaker``); ``table.attrs`` holds
+        ``warnings`` and ``errors`` (unreadable sources, left out: path -> reason).
+        """
+        from emobridge.inference.adapt import adapt_method
+
+        if not isinstance(speakers, str) and len(speakers) != len(sources):
+            raise EmobridgeError(f"speakers: {len(speakers)} ids for {len(sources)} recordings")
+        memory = self.bundle.memory_meta
+        if memory is None:
+            self.bundle.load_memory()  # raises the one-line "no source memory" error
+        want = "auto" if isinstance(speakers, str) and speakers == "auto" else None
+        pool = self._pool(sources, names, want and memory.get("speaker_features"), store,
+                          on_item)
+        keep = pool.kept
+        chosen = speakers if isinstance(speakers, str) else [speakers[i] for i in keep]
+        result = adapt_method(self.bundle, pool.features, pool.names, pool.durations,
+                              speakers=chosen, speaker_embeddings=pool.speaker_embeddings,
+                              seed=seed)
+        adapted = self._adapted(result.method, result.info)
+        probs = result.method.predict_proba(result.target)
+        label = f"transductive ({len(keep)} files, speakers {result.info['speakers']['mode']})"
+        stats = result.info["target_statistics"]
+        rows = []
+        for i, p in enumerate(probs):
+            pred = self._prediction(p, pool.durations[i], pool.names[i], stats)
+            pred.adaptation = label
+            speaker = str(result.target.speakers[i])  # utt-N: none (the domain's statistics)
+            pred.extra = {"speaker": "" if speaker.startswith("utt-") else speaker}
+            rows.append(pred)
+        table = self.table(rows)
+        table.attrs.update(warnings=list(result.warnings), errors=pool.errors)
+        return adapted, table
+
+    def _adapted(self, method: Any, info: dict[str, Any]) -> Recognizer:
+        """A recognizer of ``method`` adapted as ``info`` says, sharing this one's extractor
+        (and its lock: the extractor is one object)."""
+        meta = {**copy.deepcopy(self.bundle.meta), "adaptation": info}
+        new = Recognizer(Bundle(self.bundle.path, method, meta), self.batch_size, self.device)
+        new._extractor, new._lock = self.extractor, self._lock
+        return new
+
+    def _pool(self, sources: Sequence[AudioSource], names: Sequence[str] | None,
+              speaker_spec: Any, store: str | os.PathLike | None,
+              on_item: Callable[[], None] | None) -> _Pool:
+        """Features (and speaker embeddings when ``speaker_spec``) of every readable
+        source, through the feature store when ``store`` is given and every source is a
+        path."""
+        if names is not None and len(names) != len(sources):
+            raise EmobridgeError(f"names: {len(names)} for {len(sources)} recordings")
+        shown = [str(n) for n in names] if names is not None else [
+            "waveform" if isinstance(s, tuple) else str(s) for s in sources]
+        spk_ext = self._speaker_extractor(speaker_spec) if speaker_spec else None
+        if store is not None and all(not isinstance(s, tuple) for s in sources):
+            return _pool_from_store(self, [str(s) for s in sources], shown, spk_ext, store,
+                                    on_item)
+        pool = _Pool(shown)
+        for start in range(0, len(sources), self.batch_size):
+            batch, waves = [], []
+            for i in range(start, min(start + self.batch_size, len(sources))):
+                try:
+                    waves.append(self.read(sources[i])[0])
+                    batch.append(i)
+                except (EmobridgeError, OSError) as exc:
+                    pool.errors[shown[i]] = str(exc)
+                if on_item is not None:
+                    on_item()
+            if waves:
+                embeds = self._embed(spk_ext, waves) if spk_ext is not None else None
+                pool.add(batch, self.features(waves),
+                         [len(w) / self.sample_rate_hz for w in waves], embeds)
+        return pool
+
+    def _speaker_extractor(self, spec: Any) -> Any:
+        """The memory's speaker-embedding extractor, loaded; ``None`` with a warning when it
+        cannot be (e.g. the GE2E weights are not installed): adaptation then goes on with
+        per-corpus statistics."""
+        import warnings
+
+        from emobridge.errors import EmobridgeWarning
+        from emobridge.features.registry import build_extractor
+
+        try:
+            ext = build_extractor(spec, device=self.device)
+            if hasattr(ext, "load"):
+                ext.load()
+            return ext
+        except EmobridgeError as exc:
+            warnings.warn(f"speakers cannot be estimated: {exc}", EmobridgeWarning,
+                          stacklevel=3)
+            return None
+
+    def _embed(self, extractor: Any, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            return [np.asarray(e, np.float32)
+                    for e in extractor.extract_batch(list(waves), self.sample_rate_hz)]
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write this recognizer's model as a bundle in ``directory`` (an adapted
+        recognizer gives an adapted bundle: its domain is in the card; the source memory
+        is kept, so it can adapt again)."""
+        from emobridge.inference.bundle import CARD_FILE, save_bundle
+
+        meta = self.bundle.meta
+        memory = self.bundle.load_memory() if self.bundle.memory_meta else None
+        card_file = Path(self.bundle.path) / CARD_FILE
+        markdown = card_file.read_text(encoding="utf-8") if card_file.is_file() else None
+        if markdown is not None and self.adaptation is not None:
+            markdown += _adaptation_markdown(self.adaptation)
+        return save_bundle(_without_key(self.method, _BUNDLE_KEY), directory,
+                           extractor=self.bundle.extractor_spec, training=meta.get("training"),
+                           card=meta.get("card"), card_markdown=markdown,
+                           label_set=meta.get("label_set"), memory=memory,
+                           adaptation=self.adaptation)
+
     def timeline(self, source: AudioSource, segment: SegmentMode = "fixed",
                  window_s: float = 3.0, hop_s: float = 1.0) -> pd.DataFrame:
         """One row per segment of a (long) recording: start_s, end_s, emotion,
@@ -315,9 +483,89 @@ class Recognizer:
                              self.classes[int(np.argmax(p))], *map(float, p)])
         table = pd.DataFrame(rows, columns=columns)
         table.insert(0, "path", name)
-        table["stats"] = "bundle"  # one recording has no domain of its own
+        table["stats"] = self.bundle_stats_label  # one recording has no domain of its own
+        table["adaptation"] = self.adaptation_label
         table.attrs["duration_s"] = len(wave) / rate
         return table
+
+
+@dataclass
+class _Pool:
+    """The readable part of an adaptation pool, in input order."""
+
+    names_in: list[str]
+    kept: list[int] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    embeddings: list[np.ndarray] | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [self.names_in[i] for i in self.kept]
+
+    @property
+    def speaker_embeddings(self) -> np.ndarray | None:
+        return None if self.embeddings is None or not self.embeddings else \
+            np.stack(self.embeddings)
+
+    def add(self, index: Sequence[int], feats: Sequence[np.ndarray],
+            durations: Sequence[float], embeds: Sequence[np.ndarray] | None) -> None:
+        self.kept += list(index)
+        self.features += list(feats)
+        self.durations += list(durations)
+        if embeds is not None:
+            self.embeddings = (self.embeddings or []) + list(embeds)
+
+
+def _pool_from_store(rec: Recognizer, paths: list[str], shown: list[str], spk_ext: Any,
+                     root: str | os.PathLike, on_item: Callable[[], None] | None) -> _Pool:
+    """:meth:`Recognizer._pool` through a :class:`~emobridge.features.store.FeatureStore`
+    (cached features are reused; unreadable files are listed, not fatal)."""
+    from emobridge.audio import audio_info
+    from emobridge.features.store import FeatureStore
+
+    store = FeatureStore(root)
+    pool = _Pool(shown)
+    failed: dict[str, str] = {}
+    for ext in [rec.extractor] + ([spk_ext] if spk_ext is not None else []):
+        with rec._lock:
+            report = store.extract(paths, ext, skip_errors=True, progress=False)
+        failed.update({os.path.abspath(p): r for p, r in report.failures})
+    keep = [i for i, p in enumerate(paths) if os.path.abspath(p) not in failed]
+    pool.errors = {shown[i]: failed[os.path.abspath(p)] for i, p in enumerate(paths)
+                   if os.path.abspath(p) in failed}
+    ok = [paths[i] for i in keep]
+    if ok:
+        pool.add(keep, store.load(ok, rec.extractor), [audio_info(p)[0] for p in ok],
+                 store.load(ok, spk_ext) if spk_ext is not None else None)
+    for _ in paths if on_item is not None else ():
+        on_item()
+    return pool
+
+
+def _without_key(method: Any, key: str) -> Any:
+    """A shallow copy of ``method`` whose normaliser lacks the statistics under ``key``
+    (the pooled statistics the recognizer adds at load time are not saved)."""
+    norm = getattr(method, "normaliser_", None)
+    if norm is None or key not in getattr(norm, "stats_", {}):
+        return method
+    clone, norm_copy = copy.copy(method), copy.copy(norm)
+    norm_copy.stats_ = {k: v for k, v in norm.stats_.items() if k != key}
+    clone.normaliser_ = norm_copy
+    return clone
+
+
+def _adaptation_markdown(info: dict[str, Any]) -> str:
+    """The adapted domain as a section of the model card."""
+    speakers = info.get("speakers", {})
+    lines = [f"- {info.get('files')} files, {info.get('hours')} h, file list SHA-256 "
+             f"{info.get('file_list_sha256')}",
+             f"- speakers: {speakers.get('mode')} ({speakers.get('count')}); "
+             f"normalisation: {info.get('normalisation')}; seed {info.get('seed')}",
+             f"- adapted in {info.get('seconds')} s"]
+    lines += [f"- warning: {w}" for w in info.get("warnings", [])]
+    return "\n## Adaptation (label-free, to the user's recordings)\n" + "\n".join(lines) + "\n"
 
 
 def plot_timeline(table: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:

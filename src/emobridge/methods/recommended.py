@@ -173,14 +173,19 @@ class Recommended(AdaptationMethod):
         blocks, labels = self._blocks(train), train.labels
         self.models_ = self._fit_blocks(blocks, labels)
         self.pseudo_labels_: list[dict[str, float]] = []
+        #: the target pool's predicted class shares before each round and after the last
+        self.target_shares_: list[list[float]] = []
         if target is not None:
             tblocks = self._blocks(target)
             for fraction in self.rounds:
-                rows, pseudo = self._balanced_pick(self._proba(self.models_, tblocks), fraction)
+                proba = self._proba(self.models_, tblocks)
+                rows, pseudo = self._balanced_pick(proba, fraction)
                 self.models_ = self._fit_blocks(
                     [np.vstack([b, t[rows]]) for b, t in zip(blocks, tblocks, strict=True)],
                     np.concatenate([labels, pseudo]))
                 self.pseudo_labels_.append({"fraction": float(fraction), "rows": len(rows)})
+                self.target_shares_.append(_shares(proba))
+            self.target_shares_.append(_shares(self._proba(self.models_, tblocks)))
         return self
 
     def choose_normalisation(self, labelled: Sequence[EmotionData],
@@ -192,13 +197,14 @@ class Recommended(AdaptationMethod):
         if self.normalise != "auto":
             return self.normalise
         train = EmotionData.concat(list(labelled))
-        if _median_top_share(train.speakers, train.labels) > self.confound_share:
+        least = self.min_speaker_utterances
+        if _median_top_share(train.speakers, train.labels, least) > self.confound_share:
             return _confounded("the labelled data")
         if target is not None:
             self.normaliser_ = self._normaliser("per_corpus", list(labelled) + [target])
             models = self._fit_blocks(self._blocks(train), train.labels)
             predicted = self._proba(models, self._blocks(target)).argmax(axis=1)
-            if _median_top_share(target.speakers, predicted) > self.confound_share:
+            if _median_top_share(target.speakers, predicted, least) > self.confound_share:
                 return _confounded("the target data")
         return "per_speaker"
 
@@ -259,13 +265,24 @@ class Recommended(AdaptationMethod):
         return method
 
 
-def _median_top_share(speakers: np.ndarray, labels: np.ndarray) -> float:
-    """For each speaker, the share of its utterances in its most frequent class; the
-    median over speakers (0 when there is no speaker)."""
+def _shares(proba: np.ndarray) -> list[float]:
+    """Share of rows whose most probable class is each class (the pool's predicted class
+    distribution as the model of that moment sees it)."""
+    counts = np.bincount(proba.argmax(axis=1), minlength=proba.shape[1])
+    return [round(float(c) / max(len(proba), 1), 4) for c in counts]
+
+
+def _median_top_share(speakers: np.ndarray, labels: np.ndarray, least: int = 1) -> float:
+    """For each speaker with at least ``least`` utterances (smaller ones are normalised
+    with their corpus's statistics, so they cannot be confounded through their own), the
+    share of its utterances in its most frequent class; the median over those speakers (0
+    when there is none)."""
     shares = []
-    for s in np.unique(np.asarray(speakers, dtype=str)):
-        counts = np.bincount(np.asarray(labels)[np.asarray(speakers, dtype=str) == s])
-        shares.append(counts.max() / counts.sum())
+    names = np.asarray(speakers, dtype=str)
+    for s in np.unique(names):
+        counts = np.bincount(np.asarray(labels)[names == s])
+        if counts.sum() >= least:
+            shares.append(counts.max() / counts.sum())
     return float(np.median(shares)) if shares else 0.0
 
 

@@ -35,13 +35,15 @@ def normaliser_state(norm: FeatureNormaliser) -> tuple[dict[str, Any], dict[str,
         mean, std = norm.stats_[key]
         arrays[f"normaliser.{i}.mean"] = np.asarray(mean, dtype=np.float32)
         arrays[f"normaliser.{i}.std"] = np.asarray(std, dtype=np.float32)
-    return {"mode": norm.mode, "eps": norm.eps, "keys": keys}, arrays
+    return {"mode": norm.mode, "eps": norm.eps, "keys": keys,
+            "min_speaker_utterances": norm.min_speaker_utterances}, arrays
 
 
 def normaliser_from_state(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
                           ) -> FeatureNormaliser:
     """Rebuild a :class:`FeatureNormaliser` written by :func:`normaliser_state`."""
-    norm = FeatureNormaliser(meta["mode"], meta.get("eps", 1e-5))
+    norm = FeatureNormaliser(meta["mode"], meta.get("eps", 1e-5),
+                             meta.get("min_speaker_utterances", 1))
     norm.stats_ = {key: (np.asarray(arrays[f"normaliser.{i}.mean"], np.float32),
                          np.asarray(arrays[f"normaliser.{i}.std"], np.float32))
                    for i, key in enumerate(meta.get("keys", []))}

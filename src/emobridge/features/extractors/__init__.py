@@ -6,6 +6,6 @@ and ``whisper`` (the Whisper encoder). Heavy dependencies (opensmile, transforme
 ctranslate2) are imported only when an extractor is used.
 """
 
-from emobridge.features.extractors import hf_encoder, logmel, opensmile, whisper
+from emobridge.features.extractors import hf_encoder, logmel, opensmile, speaker, whisper
 
-__all__ = ["hf_encoder", "logmel", "opensmile", "whisper"]
+__all__ = ["hf_encoder", "logmel", "opensmile", "speaker", "whisper"]
