@@ -142,6 +142,13 @@ RAVDESS, research use for EMO-DB and EMOVO).
 {rows}
 
 Chance UA is 25 %. Reproduce: `{card['reproduce']}`
+
+## Adapting to your recordings
+The bundle keeps a source memory: the training vectors (float16), labels, speaker and corpus
+ids and GE2E speaker embeddings, no audio. `emobridge predict FOLDER --adapt` and `emobridge
+adapt FOLDER -o MODEL` use it to adapt the model to a folder of your recordings without
+labels; on languages it never saw this is where most of the accuracy lies
+(`benchmarks/RESULTS.md`, "adapt").
 """
 
 

@@ -223,3 +223,16 @@ def test_cli_adapt_hostile_folders(bundle, tmp_path, capsys):
     assert "Traceback" not in err
     assert code == 1 and err.count("error:") == 1 or "warning:" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_confounded_given_speakers_fall_back_to_the_folder_statistics(bundle, recordings):
+    paths, _ = recordings
+    rec = Recognizer.load(bundle)
+    by_emotion = [p.name.split("_")[1] for p in paths]  # each 'speaker' shows one emotion
+    adapted, table = rec.adapt_predict(paths, speakers=by_emotion)
+    assert any("look confounded with emotions" in w for w in table.attrs["warnings"])
+    assert adapted.adaptation["speakers"]["fallback"] == "speakers confounded with emotions"
+    assert set(table["stats"]) == {"domain"} and set(table["speaker"]) == {""}
+    plain = rec.adapt_predict(paths, speakers="none")[1]
+    cols = [f"p_{c}" for c in CLASSES]
+    np.testing.assert_allclose(table[cols].to_numpy(), plain[cols].to_numpy(), atol=1e-9)

@@ -102,3 +102,60 @@ def test_save_load_round_trip(tmp_path):
     (tmp_path / "m" / "method.json").write_text("{broken")
     with pytest.raises(EmobridgeError, match="method.json: unreadable"):
         Recommended.load(tmp_path / "m")
+
+
+def _skewed_speakers(rng, lang, speakers, per_speaker, dims=12, dominant=0.7, means=None):
+    """Each speaker (own offset) shows mostly one class (``dominant`` share, rotating) but
+    every class a little: plain per-speaker statistics subtract part of the emotion."""
+    means = rng.normal(0, 1.5, (4, dims)) if means is None else means
+    feats, labels, spk = [], [], []
+    for s in range(speakers):
+        offset = rng.normal(0, 2.0, dims)
+        counts = np.full(4, round(per_speaker * (1 - dominant) / 3))
+        counts[s % 4] = per_speaker - counts.sum() + counts[s % 4]
+        for c, k in enumerate(counts):
+            for _ in range(k):
+                feats.append((means[c] + offset + rng.normal(0, 0.7, dims)).astype(np.float32))
+                labels.append(c)
+                spk.append(f"{lang}:{s}")
+    n = len(feats)
+    return EmotionData(feats, np.array(labels), np.array(spk), np.full(n, lang),
+                       np.array([f"{lang}{i}" for i in range(n)]), CLASSES), means
+
+
+def test_balanced_speaker_statistics_keep_the_dominant_emotion():
+    from emobridge.methods.normalise import FeatureNormaliser
+
+    data, means = _skewed_speakers(np.random.default_rng(3), "aa", 8, 40)
+    onehot = np.eye(4)[data.labels]
+    plain = FeatureNormaliser("per_speaker").fit([data]).transform(data).stacked()
+    balanced = FeatureNormaliser("per_speaker").fit([data], [onehot])
+    assert set(balanced.speaker_stats_) == set(data.speakers)
+    z = balanced.transform(data).stacked()
+
+    def separation(x):  # between-class over within-class spread, pooled over speakers
+        centres = np.stack([x[data.labels == c].mean(0) for c in range(4)])
+        within = np.mean([x[data.labels == c].var(0).mean() for c in range(4)])
+        return centres.var(0).mean() / within
+
+    assert separation(z) > 1.3 * separation(plain)
+    # each speaker's class-balanced mean is ~0: the speaker offset is gone, not the emotion
+    for s in np.unique(data.speakers):
+        rows = data.speakers == s
+        class_means = [z[rows & (data.labels == c)].mean(0) for c in range(4)]
+        assert np.abs(np.mean(class_means, axis=0)).max() < 0.2
+    with pytest.raises(EmobridgeError, match="weight rows"):
+        FeatureNormaliser("per_speaker").fit([data], [onehot[:5]])
+
+
+def test_balanced_statistics_in_the_recipe_beat_plain_on_skewed_target():
+    src, means = _skewed_speakers(np.random.default_rng(4), "aa", 8, 40, dominant=0.25)
+    tgt, _ = _skewed_speakers(np.random.default_rng(5), "bb", 8, 40, dominant=0.7,
+                              means=means + 1.0)  # a shifted domain, the same emotions
+    plain = build_method("recommended", normalise="per_speaker").fit(src, tgt.without_labels())
+    balanced = build_method("recommended", normalise="per_speaker",
+                            speaker_statistics="balanced").fit(src, tgt.without_labels())
+    assert len(balanced.normaliser_.speaker_stats_) == 16  # 8 source + 8 target speakers
+    ua_plain = unweighted_average_recall(tgt.labels, plain.predict(tgt))
+    ua_balanced = unweighted_average_recall(tgt.labels, balanced.predict(tgt))
+    assert ua_balanced > ua_plain, (ua_plain, ua_balanced)

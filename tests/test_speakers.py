@@ -187,6 +187,17 @@ def test_projection_recovers_speakers_not_emotions() -> None:
     assert again.details == est.details
 
 
+def test_one_speaker_folder_is_not_split_by_emotion() -> None:
+    src_x, src_s, src_e = _synthetic(14, 10, seed=1)
+    x, spk, emo = _synthetic(1, 30, seed=4)
+    plain = estimate_speakers(x, seed=0)
+    assert plain.count >= 2  # raw embeddings: emotion looks like speakers
+    assert cluster_scores(plain.speakers, spk, emo)["nmi_emotion"] > 0.5
+    est = estimate_speakers(x, source_embeddings=src_x, source_speakers=src_s,
+                            source_labels=src_e, seed=0)
+    assert est.count == 1 and "no cluster structure" in est.fallback
+
+
 def test_fallback_on_too_few_utterances() -> None:
     x, _, _ = _synthetic(2, 3, seed=3)  # 24 utterances < 2 x 16
     est = estimate_speakers(x, min_cluster_size=16)
@@ -204,7 +215,7 @@ def test_fallback_on_structureless_data() -> None:
     base = estimate_speakers_with(x, ClusterConfig(k_rule="silhouette"), seed=0)
     assert base.count >= 2 and base.fallback is None
     # ... while two clear groups are found
-    y = np.concatenate([x[:100] + 0.5 * np.eye(256)[0], x[100:] - 0.5 * np.eye(256)[0]])
+    y = np.concatenate([x[:100] + np.eye(256)[0], x[100:] - np.eye(256)[0]])
     two = estimate_speakers(y, seed=0)
     assert two.count == 2 and cluster_scores(two.speakers, np.repeat([0, 1], 100),
                                              np.zeros(200))["purity"] == 1.0

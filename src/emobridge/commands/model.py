@@ -45,6 +45,8 @@ def info(
     from emobridge.inference.bundle import Bundle
 
     card = Bundle(folder, None, meta).card
+    files = [folder / name for name in meta["files"]] + [folder / "bundle.json"]
+    card["size_mb"] = round(sum(f.stat().st_size for f in files) / 1e6, 2)
     if as_json:
         typer.echo(json.dumps(card, indent=2, ensure_ascii=False))
         return

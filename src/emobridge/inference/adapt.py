@@ -4,15 +4,17 @@
 The bundle's method is refitted, with the bundle's own parameters, on its source memory
 (:mod:`emobridge.inference.memory`) as the labelled source and the user's recordings as the
 unlabelled target: for the recommended recipe that means the target's own normalisation
-statistics (per estimated speaker where that is safe) and self-training on it. No label of
-the user's recordings exists or is read.
+statistics (per estimated speaker where that is safe, class-balanced: see
+:data:`ADAPT_OVERRIDES`) and self-training on it. No label of the user's recordings exists or
+is read.
 
 Speakers of the recordings (``speakers``):
 
 - ``"auto"``: estimated by clustering speaker embeddings with an emotion-blind projection
   learned on the source memory (:func:`emobridge.inference.speakers.estimate_speakers`);
   one cluster, no speaker embeddings in the memory, or speakers that look confounded with
-  emotions (the recipe's own check) fall back to per-corpus statistics with a warning;
+  emotions (the recipe's own check) fall back to per-corpus statistics for the recordings
+  with a warning (the training data keeps its per-speaker statistics);
 - ``"none"``: per-corpus statistics for the recordings (one domain);
 - a sequence of ids, one per recording (a manifest column).
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +39,8 @@ import numpy as np
 
 from emobridge.errors import EmobridgeError, EmobridgeWarning
 
-__all__ = ["DOMAIN_KEY", "FEW_FILES", "Adaptation", "adapt_method", "domain_distance",
-           "file_list_digest", "min_files"]
+__all__ = ["ADAPT_OVERRIDES", "DOMAIN_KEY", "FEW_FILES", "Adaptation", "adapt_method",
+           "domain_distance", "file_list_digest", "min_files"]
 
 #: Corpus key of the adapted recordings in the method's normaliser (its statistics are the
 #: adapted domain's, used later for single files).
@@ -46,6 +48,8 @@ DOMAIN_KEY = "adapted-domain"
 #: Fewer recordings than this adapt with a warning (statistics and self-training are noisy).
 FEW_FILES = 20
 _AUTO_PREFIX = "auto-"
+#: Prefix of speaker ids given by the user (removed again for display).
+GIVEN_PREFIX = "given:"
 
 
 def min_files(n_classes: int) -> int:
@@ -97,7 +101,8 @@ def _resolve_speakers(speakers: str | Sequence[str], n: int, embeddings: np.ndar
     if isinstance(speakers, str) and speakers == "none":
         return alone, {"mode": "none", "count": 0}, []
     if not isinstance(speakers, str):
-        ids = np.asarray([str(s) for s in speakers], dtype=object)
+        # prefixed: a user's id must not meet a training speaker's id ("03" in both)
+        ids = np.asarray([GIVEN_PREFIX + str(s) for s in speakers], dtype=object)
         if len(ids) != n:
             raise EmobridgeError(f"speakers: {len(ids)} ids for {n} recordings")
         return ids, {"mode": "given", "count": int(len(set(ids)))}, []
@@ -146,16 +151,41 @@ def _guards(method: Any, classes: Sequence[str], n: int, distance: tuple[float, 
     return found
 
 
+def _refit(bundle: Any, source: Any, target: Any, seed: int,
+           overrides: Mapping[str, Any] | None) -> tuple[Any, list[str]]:
+    """The bundle's method, built from its parameters (``overrides`` applied where the
+    method has them), fitted on ``source`` + unlabelled ``target``; and its warnings."""
+    from emobridge.methods import available_methods, build_method
+    from emobridge.runtime import seed_everything
+
+    seed_everything(seed)
+    name = bundle.meta["method"]["name"]
+    known = set(available_methods()[name].param_names())
+    params = {**bundle.meta["method"].get("params", {}), "seed": seed, **(overrides or {})}
+    method = build_method(name, **{k: v for k, v in params.items() if k in known})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EmobridgeWarning)
+        method.fit(source, target_unlabelled=target)
+    return method, [str(w.message) for w in caught if issubclass(w.category, EmobridgeWarning)]
+
+
+#: Parameters adaptation sets on the refitted method (where it has them): class-balanced
+#: speaker statistics, chosen leave-one-corpus-out (``benchmarks/RESULTS.md``, "adapt").
+ADAPT_OVERRIDES: dict[str, Any] = {"speaker_statistics": "balanced"}
+
+
 def adapt_method(bundle: Any, features: Sequence[np.ndarray], ids: Sequence[str],
                  durations_s: Sequence[float], *, speakers: str | Sequence[str] = "auto",
                  speaker_embeddings: np.ndarray | None = None, seed: int = 0,
-                 dominant_share: float = 0.7, far_factor: float = 2.0) -> Adaptation:
+                 dominant_share: float = 0.7, far_factor: float = 1.5,
+                 overrides: Mapping[str, Any] | None = None) -> Adaptation:
     """Refit ``bundle``'s method on its source memory plus the recordings' ``features``
-    (one pooled vector each) as unlabelled target; see the module docstring."""
-    from emobridge.methods import EmotionData, build_method
-    from emobridge.runtime import seed_everything
+    (one pooled vector each) as unlabelled target; see the module docstring.
+    ``overrides``: method parameters for the refit (default :data:`ADAPT_OVERRIDES`)."""
+    from emobridge.methods import EmotionData
 
     start = time.perf_counter()
+    overrides = ADAPT_OVERRIDES if overrides is None else overrides
     classes = bundle.classes
     n = len(features)
     if n < min_files(len(classes)):
@@ -169,15 +199,19 @@ def adapt_method(bundle: Any, features: Sequence[np.ndarray], ids: Sequence[str]
     spk, spk_info, notes = _resolve_speakers(speakers, n, speaker_embeddings, memory, seed)
     target = EmotionData([np.asarray(f, np.float32) for f in features], np.full(n, -1), spk,
                          [DOMAIN_KEY] * n, list(map(str, ids)), classes)
-    seed_everything(seed)
-    params = dict(bundle.meta["method"].get("params", {}))
-    if "seed" in params:
-        params["seed"] = seed
-    method = build_method(bundle.meta["method"]["name"], **params)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", EmobridgeWarning)
-        method.fit(source, target_unlabelled=target)
-    notes += [str(w.message) for w in caught if issubclass(w.category, EmobridgeWarning)]
+    method, caught = _refit(bundle, source, target, seed, overrides)
+    if spk_info["mode"] != "none" and getattr(method, "normalisation_", None) == "per_corpus" \
+            and bundle.meta["method"].get("params", {}).get("normalise") == "auto":
+        # the speakers look confounded with emotions: the recordings take their folder's
+        # statistics (as --speakers none), the training data keeps per-speaker statistics
+        spk = np.asarray([f"utt-{i}" for i in range(n)], dtype=object)
+        target = EmotionData(target.features, target.labels, spk, target.languages,
+                             target.ids, classes)
+        method, caught = _refit(bundle, source, target, seed, overrides)
+        spk_info["fallback"] = "speakers confounded with emotions"
+        notes.append("speakers: the estimated or given speakers look confounded with "
+                     "emotions; the recordings use their folder's statistics instead")
+    notes += caught
     distance = domain_distance(memory, np.stack(features))
     notes += _guards(method, classes, n, distance, dominant_share, far_factor)
     shares = [dict(zip(classes, s, strict=True)) for s in getattr(method, "target_shares_", [])]
@@ -185,8 +219,9 @@ def adapt_method(bundle: Any, features: Sequence[np.ndarray], ids: Sequence[str]
             "file_list_sha256": file_list_digest(ids), "speakers": spk_info,
             "normalisation": getattr(method, "normalisation_", None),
             "target_statistics": "per speaker" if getattr(method, "normalisation_", None)
-            == "per_speaker" and spk_info.get("count", 0) > 1 else "domain",
-            "statistics_key": DOMAIN_KEY, "seed": seed,
+            == "per_speaker" and any(not str(x).startswith("utt-") for x in target.speakers)
+            else "domain",
+            "statistics_key": DOMAIN_KEY, "seed": seed, "overrides": dict(overrides),
             "pseudo_labels": [{"round": r + 1, **p, "predicted_shares": s} for r, (p, s)
                               in enumerate(zip(getattr(method, "pseudo_labels_", []), shares,
                                                strict=False))],

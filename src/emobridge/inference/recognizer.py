@@ -355,7 +355,7 @@ class Recognizer:
         recognizer and a table (:meth:`table` plus ``speaker``); ``table.attrs`` holds
         ``warnings`` and ``errors`` (unreadable sources, left out: path -> reason).
         """
-        from emobridge.inference.adapt import adapt_method
+        from emobridge.inference.adapt import GIVEN_PREFIX, adapt_method
 
         if not isinstance(speakers, str) and len(speakers) != len(sources):
             raise EmobridgeError(f"speakers: {len(speakers)} ids for {len(sources)} recordings")
@@ -379,7 +379,8 @@ class Recognizer:
             pred = self._prediction(p, pool.durations[i], pool.names[i], stats)
             pred.adaptation = label
             speaker = str(result.target.speakers[i])  # utt-N: none (the domain's statistics)
-            pred.extra = {"speaker": "" if speaker.startswith("utt-") else speaker}
+            pred.extra = {"speaker": "" if speaker.startswith("utt-")
+                          else speaker.removeprefix(GIVEN_PREFIX)}
             rows.append(pred)
         table = self.table(rows)
         table.attrs.update(warnings=list(result.warnings), errors=pool.errors)

@@ -41,6 +41,16 @@ class FeatureNormaliser:
     is standardised with its language's statistics instead of its own (stored from fitting,
     else those of the data being predicted); the default 1 keeps every speaker on its own.
 
+    Class-balanced speaker statistics (per-speaker mode, ``fit(..., weights=...)``): a
+    speaker's plain mean and std depend on which emotions it happens to show, so a speaker
+    who is mostly angry has anger subtracted from every utterance. Given class weights for
+    each utterance (one-hot labels, or a first model's posteriors for unlabelled data), the
+    speaker's statistics become those of an equal mixture of its classes: the mean of its
+    weighted class means, and the variance of that mixture. Classes with a weight mass below
+    one utterance are left out; a speaker left with fewer than two classes keeps plain
+    statistics. These statistics are kept for the fitted speakers (``speaker_stats_``, not
+    saved: a bundle predicts new speakers with their own or its stored statistics).
+
     Per-corpus / per-speaker z-scoring helps cross-corpus transfer a lot: it removes much of the
     recording-condition and speaker shift. Target statistics estimated from unlabelled target
     data are legitimate in unsupervised adaptation (no labels are read). Dimensions with a std
@@ -60,6 +70,7 @@ class FeatureNormaliser:
         self.eps = eps
         self.min_speaker_utterances = min_speaker_utterances
         self.stats_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.speaker_stats_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @staticmethod
     def _stats(features: Sequence[np.ndarray], eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -97,12 +108,22 @@ class FeatureNormaliser:
         # code would take that language's stored statistics.
         return np.asarray([str(v) for v in data.languages], dtype=object)
 
-    def fit(self, datasets: Sequence[EmotionData]) -> FeatureNormaliser:
-        """Fit statistics on the union of ``datasets`` (``None`` entries ignored)."""
-        datasets = [d for d in datasets if d is not None and len(d)]
+    def fit(self, datasets: Sequence[EmotionData],
+            weights: Sequence[np.ndarray | None] | None = None) -> FeatureNormaliser:
+        """Fit statistics on the union of ``datasets`` (``None`` entries ignored).
+        ``weights`` (per-speaker mode): per dataset, ``(n, classes)`` class weights of its
+        utterances, or ``None``; see the class docstring (class-balanced statistics)."""
+        pairs = [(d, w) for d, w in zip(datasets, weights or [None] * len(datasets),
+                                        strict=True) if d is not None and len(d)]
+        datasets = [d for d, _ in pairs]
         if not datasets:
             raise EmobridgeError("FeatureNormaliser.fit: no data")
         self.stats_ = {}
+        self.speaker_stats_ = {}
+        if self.mode == "per_speaker":
+            for d, w in pairs:
+                if w is not None:
+                    self.speaker_stats_.update(self._balanced(d, np.asarray(w, float)))
         if self.mode == "none" or (self.mode == "per_speaker"
                                    and self.min_speaker_utterances == 1):
             return self
@@ -115,13 +136,41 @@ class FeatureNormaliser:
         self.stats_ = {k: self._stats(v, self.eps) for k, v in groups.items()}
         return self
 
+    def _balanced(self, data: EmotionData, weights: np.ndarray
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Class-balanced statistics of each speaker of ``data`` with enough utterances."""
+        if weights.shape[0] != len(data):
+            raise EmobridgeError(f"FeatureNormaliser: {weights.shape[0]} weight rows for "
+                                 f"{len(data)} utterances")
+        x = data.stacked().astype(np.float64)
+        keys = self._keys(data)
+        speakers = {str(v) for v in data.speakers}
+        found = {}
+        for key in np.unique(keys.astype(str)):
+            rows = keys == key
+            if key not in speakers:  # a small speaker, sent to its corpus's statistics
+                continue
+            xs, ws = x[rows], weights[rows]
+            mass = ws.sum(axis=0)
+            present = np.flatnonzero(mass >= 1.0)
+            if len(present) < 2:
+                continue
+            means = (ws[:, present].T @ xs) / mass[present, None]
+            variances = np.stack([(ws[:, c] @ (xs - m) ** 2) / mass[c]
+                                  for c, m in zip(present, means, strict=True)])
+            mean = means.mean(axis=0)
+            std = np.sqrt((variances + (means - mean) ** 2).mean(axis=0))
+            std[std < self.eps] = 1.0
+            found[key] = (mean.astype(np.float32), std.astype(np.float32))
+        return found
+
     def transform(self, data: EmotionData) -> EmotionData:
         """A copy of ``data`` with standardised float32 features."""
         if self.mode == "none" or not len(data):
             feats = [np.asarray(f, dtype=np.float32) for f in data.features]
         else:
             keys = self._keys(data)
-            stats = dict(self.stats_)
+            stats = {**self.stats_, **getattr(self, "speaker_stats_", {})}
             missing = sorted(set(keys) - set(stats))
             for key in missing:  # per-speaker always; unseen languages per corpus
                 stats[key] = self._stats([f for k, f in zip(keys, data.features, strict=True)

@@ -47,6 +47,7 @@ from emobridge.methods.normalise import FeatureNormaliser
 RECIPE_FEATURES = "whisper:backend=torch,layer=[2,3,4],pooling=mean,level=rms"
 
 NormaliseChoice = Literal["auto", "per_speaker", "per_corpus"]
+SpeakerStatistics = Literal["plain", "balanced"]
 
 
 @register_method
@@ -72,6 +73,12 @@ class Recommended(AdaptationMethod):
         ``"auto"``: speakers count as confounded when, for the median speaker, one class takes
         more than this share of its utterances (labels on the source, predictions of a
         per-corpus model on the target).
+    speaker_statistics:
+        Per-speaker statistics as ``"plain"`` mean / std of each speaker's utterances, or
+        ``"balanced"``: those of an equal mixture of its classes, weighted by labels on
+        labelled data and by a per-corpus first model's posteriors on the target, so that a
+        speaker who shows mostly one emotion does not have it subtracted
+        (:class:`~emobridge.methods.normalise.FeatureNormaliser`).
     max_iter:
         Iterations of each logistic regression.
     seed:
@@ -90,6 +97,7 @@ class Recommended(AdaptationMethod):
         normalise: NormaliseChoice = "auto",
         min_speaker_utterances: int = 8,
         confound_share: float = 0.6,
+        speaker_statistics: SpeakerStatistics = "plain",
         max_iter: int = 2000,
         seed: int = 0,
     ) -> None:
@@ -127,16 +135,53 @@ class Recommended(AdaptationMethod):
         x = self.normaliser_.transform(data).stacked().astype(np.float64)
         return np.split(x, self.views, axis=1)
 
-    def _normaliser(self, mode: str, parts: Sequence[EmotionData]) -> FeatureNormaliser:
+    def _normaliser(self, mode: str, parts: Sequence[EmotionData],
+                    weights: Sequence[np.ndarray | None] | None = None) -> FeatureNormaliser:
         return FeatureNormaliser(mode, min_speaker_utterances=self.min_speaker_utterances
-                                 if mode == "per_speaker" else 1).fit(parts)
+                                 if mode == "per_speaker" else 1).fit(parts, weights)
+
+    def _first_pass(self, labelled: Sequence[EmotionData], target: EmotionData
+                    ) -> np.ndarray:
+        """Posteriors of the target under a model trained with per-corpus statistics (no
+        speaker involved): the view the confound check and balanced statistics start from."""
+        train = EmotionData.concat(list(labelled))
+        self.normaliser_ = self._normaliser("per_corpus", list(labelled) + [target])
+        models = self._fit_blocks(self._blocks(train), train.labels)
+        return self._proba(models, self._blocks(target))
+
+    def _speaker_weights(self, labelled: Sequence[EmotionData], target: EmotionData | None,
+                         posteriors: np.ndarray | None) -> list[np.ndarray | None] | None:
+        """Class weights per dataset for class-balanced speaker statistics (labels one-hot
+        for labelled data, first-pass posteriors for the target), or ``None``."""
+        if self.speaker_statistics != "balanced" or self.normalisation_ != "per_speaker":
+            return None
+        eye = np.eye(len(self.classes_))
+        weights: list[np.ndarray | None] = [eye[d.labels] for d in labelled]
+        if target is not None:
+            weights.append(posteriors if posteriors is not None
+                           else self._first_pass(labelled, target))
+        return weights
 
     # -- the recipe ----------------------------------------------------------------------
     def _fit_blocks(self, blocks: list[np.ndarray], labels: np.ndarray) -> list:
-        from sklearn.linear_model import LogisticRegression
+        """One logistic regression per block, the blocks side by side in threads, each on
+        a single-threaded BLAS: on these shapes (thousands x 512) a multi-threaded BLAS
+        spends most of its time synchronising (measured: 12x slower on 2 cores), and the
+        fits are the same."""
+        import os
+        from concurrent.futures import ThreadPoolExecutor
 
-        return [LogisticRegression(C=self.C, class_weight="balanced", max_iter=self.max_iter)
-                .fit(b, labels) for b in blocks]
+        from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
+
+        def fit(block: np.ndarray) -> LogisticRegression:
+            return LogisticRegression(C=self.C, class_weight="balanced",
+                                      max_iter=self.max_iter).fit(block, labels)
+
+        workers = max(1, min(len(blocks), os.cpu_count() or 1))
+        with threadpool_limits(limits=1, user_api="blas"), \
+                ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fit, blocks))
 
     def _proba(self, models: list, blocks: list[np.ndarray]) -> np.ndarray:
         n = len(self.classes_)
@@ -167,8 +212,12 @@ class Recommended(AdaptationMethod):
         labelled = [d for d in (source, target_labelled) if d is not None and len(d)]
         target = target_unlabelled if target_unlabelled is not None and len(
             target_unlabelled) else None
-        self.normalisation_ = self.choose_normalisation(labelled, target)
-        self.normaliser_ = self._normaliser(self.normalisation_, labelled + [target] * bool(target))
+        posteriors = self._first_pass(labelled, target) if target is not None and (
+            self.normalise == "auto" or self.speaker_statistics == "balanced") else None
+        self.normalisation_ = self.choose_normalisation(labelled, target, posteriors)
+        self.normaliser_ = self._normaliser(
+            self.normalisation_, labelled + [target] * bool(target),
+            self._speaker_weights(labelled, target, posteriors))
         train = EmotionData.concat(labelled)
         blocks, labels = self._blocks(train), train.labels
         self.models_ = self._fit_blocks(blocks, labels)
@@ -189,9 +238,11 @@ class Recommended(AdaptationMethod):
         return self
 
     def choose_normalisation(self, labelled: Sequence[EmotionData],
-                             target: EmotionData | None) -> str:
+                             target: EmotionData | None,
+                             posteriors: np.ndarray | None = None) -> str:
         """``normalise`` unless it is ``"auto"``; then ``"per_speaker"`` unless the labelled
-        data's speakers, or the target's speakers as a per-corpus model sees them, are
+        data's speakers, or the target's speakers as a per-corpus model sees them
+        (``posteriors``: that model's output on the target, computed when not given), are
         confounded with emotions (the median speaker with more than ``confound_share`` of
         its utterances in one class), which warns and gives ``"per_corpus"``."""
         if self.normalise != "auto":
@@ -201,9 +252,9 @@ class Recommended(AdaptationMethod):
         if _median_top_share(train.speakers, train.labels, least) > self.confound_share:
             return _confounded("the labelled data")
         if target is not None:
-            self.normaliser_ = self._normaliser("per_corpus", list(labelled) + [target])
-            models = self._fit_blocks(self._blocks(train), train.labels)
-            predicted = self._proba(models, self._blocks(target)).argmax(axis=1)
+            if posteriors is None:
+                posteriors = self._first_pass(labelled, target)
+            predicted = posteriors.argmax(axis=1)
             if _median_top_share(target.speakers, predicted, least) > self.confound_share:
                 return _confounded("the target data")
         return "per_speaker"
