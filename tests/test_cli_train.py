@@ -13,8 +13,8 @@ import torch
 from emobridge.cli import main
 from emobridge.corpora.manifest import make_manifest, write_manifest
 from emobridge.features import FeatureStore
+from emobridge.inference.bundle import load_bundle
 from emobridge.methods import build_method
-from emobridge.methods.neural import NeuralMethod
 from emobridge.methods.runner import load_experiment_data
 from tests.conftest import write_tone
 
@@ -85,7 +85,7 @@ def test_train_writes_metrics_config_predictions_and_model(experiment):
     assert {r["speaker"] for r in rows} == test_spk
     assert len(list(csv.DictReader((out / "history.csv").open()))) == len(metrics["history"])
     # The saved model reproduces the written predictions.
-    model = NeuralMethod.load(out / "model", device="cpu")
+    model = load_bundle(out / "model", device="cpu").method
     data = load_experiment_data(src, tgt, root / "store", EXTRACTOR, seed=1)
     proba = model.predict_proba(data.test)
     np.testing.assert_allclose(proba[:, 0], [float(r["p_anger"]) for r in rows], atol=1e-5)

@@ -92,7 +92,7 @@ def test_wrong_format_version_and_not_a_bundle(tmp_path):
         load_bundle(tmp_path / "missing")
 
 
-def test_refuses_a_folder_of_other_files_and_neural_load_reads_bundles(tmp_path):
+def test_refuses_a_folder_of_other_files_and_replaces_a_bundle(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     method = fit_tiny("nnpm")
@@ -100,7 +100,7 @@ def test_refuses_a_folder_of_other_files_and_neural_load_reads_bundles(tmp_path)
         save_bundle(method, tmp_path / "mine", extractor=EXTRACTOR)
     folder = save_bundle(method, tmp_path / "b", extractor=EXTRACTOR)
     again = save_bundle(method, folder, extractor=EXTRACTOR)  # a bundle is replaced
-    loaded = NeuralMethod.load(again, device="cpu")
+    loaded = load_bundle(again, device="cpu").method
     test = gaussians(6, 3, dims=8)
     np.testing.assert_array_equal(loaded.predict_proba(test), method.predict_proba(test))
 
@@ -114,3 +114,11 @@ def test_crafted_fitted_values_are_refused(tmp_path):
         (folder / "bundle.json").write_text(json.dumps(meta))
         with pytest.raises(EmobridgeError, match="refusing fitted value"):
             load_bundle(folder)
+
+
+def test_a_method_leaves_bundles_to_the_bundle_layer(tmp_path):
+    model = fit_tiny("source_only")
+    folder = save_bundle(model, tmp_path / "b", extractor="logmel:preset=byols,n_mels=16")
+    with pytest.raises(EmobridgeError, match="is a model bundle, not a saved method"):
+        NeuralMethod.load(folder)
+    assert type(load_bundle(folder).method).__name__ == type(model).__name__

@@ -12,7 +12,7 @@ import yaml
 
 from emobridge.cli import main
 from emobridge.features import FeatureStore
-from emobridge.methods.neural import NeuralMethod
+from emobridge.inference.bundle import load_bundle
 from tests.test_cli_train import EXTRACTOR, _corpus
 
 torch.set_num_threads(1)
@@ -57,7 +57,7 @@ def test_train_mmd_unsupervised_and_with_k_labelled(corpora, capsys):
     assert all("mmd_loss" in r for r in metrics["history"] if r["phase"] == "adapt")
     assert config["params"]["domain_loss_layer"] == "first_fc"
     assert config["data"]["target_unlabelled"]["utterances"] > 0
-    model = NeuralMethod.load(out / "model", device="cpu")
+    model = load_bundle(out / "model", device="cpu").method
     assert model.name == "mmd" and model.backbone_ == "vgg"
 
     few = root / "mmd_k4"

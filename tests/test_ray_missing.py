@@ -12,7 +12,8 @@ import yaml
 from emobridge.cli import main
 from emobridge.errors import ConfigError
 from emobridge.experiments.config import validate_config
-from emobridge.experiments.executors import RAY_MISSING, LocalExecutor, make_executor
+from emobridge.experiments.executors import LocalExecutor, make_executor
+from emobridge.raycluster import RAY_MISSING
 from tests.test_pipeline_cells import _cfg
 
 MESSAGE = "--executor ray needs the ray extra: pip install emobridge[ray]"
@@ -78,7 +79,7 @@ def test_an_address_nothing_answers_on_fails_at_once() -> None:
     import socket
     import time
 
-    from emobridge.experiments.executors import check_reachable
+    from emobridge.raycluster import check_reachable
 
     with socket.socket() as s:  # a port nobody listens on once this socket is closed
         s.bind(("127.0.0.1", 0))

@@ -195,8 +195,9 @@ HopOpt = Annotated[float, Opt("--hop", min=0.01, max=3600.0,
 PlotOpt = Annotated[Path | None, Opt("--plot", help="With --segment: draw the probabilities "
                                      "over time to this image (.png, .svg, .pdf).")]
 StatsOpt = Annotated[str, Opt("--stats", help="Standardisation statistics: bundle (the "
-                              "training corpora's), domain (the files given, at least 10), or "
-                              "auto (domain for per-corpus models, else bundle).")]
+                              "training corpora's, or an adapted bundle's domain), domain (the "
+                              "files given, at least 20), or auto (domain for 20 files or more "
+                              "with per-corpus or per-speaker models, else bundle).")]
 DeviceOpt = Annotated[str, Opt("--device", help="cpu, cuda, cuda:N, mps or auto.")]
 ProgressOpt = Annotated[bool | None, Opt("--progress/--no-progress", help="Progress bar "
                                          "(default: when stderr is a terminal).")]

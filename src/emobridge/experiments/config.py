@@ -457,7 +457,7 @@ class ExperimentConfig(_Model):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str | None) -> str | None:
-        from emobridge.experiments.executors import ADDRESS_RE
+        from emobridge.raycluster import ADDRESS_RE
 
         if v is not None and not ADDRESS_RE.match(v):
             raise ValueError(f"expected auto, ray://HOST:PORT or HOST:PORT, got {v!r}")

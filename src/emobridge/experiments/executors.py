@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
-import re
-import socket
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from emobridge.errors import ConfigError
+from emobridge.raycluster import check_address, import_ray, ray_session
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,74 +34,6 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 
 EXECUTORS = ("local", "ray")
-RAY_MISSING = "--executor ray needs the ray extra: pip install emobridge[ray]"
-#: ``auto`` (the cluster this node belongs to), ``ray://HOST:PORT`` (Ray client) or
-#: ``HOST:PORT`` (the head's GCS address)
-ADDRESS_RE = re.compile(r"^(auto|ray://[A-Za-z0-9_.\-\[\]:]+:\d+|[A-Za-z0-9_.\-\[\]:]+:\d+)$")
-
-
-def check_address(address: str | None) -> str | None:
-    """``address`` if it is a Ray address emobridge accepts, else :class:`ConfigError`."""
-    if address is None:
-        return None
-    if not ADDRESS_RE.match(address):
-        raise ConfigError(f"--address {address!r}: expected auto, ray://HOST:PORT or "
-                          "HOST:PORT")
-    return address
-
-
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Refuse a ``HOST:PORT`` / ``ray://HOST:PORT`` address nothing answers on within
-    ``timeout_s`` (``ray.init`` itself retries for minutes before it gives up)."""
-    if address == "auto":
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise ConfigError(f"cannot reach the Ray cluster at {address}: "
-                          f"{exc.strerror or exc}") from None
-
-
-def import_ray() -> Any:
-    """The ``ray`` module, or one :class:`ConfigError` line saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(RAY_MISSING) from None
-    return ray
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
-    """Yield the ``ray`` module connected to a cluster.
-
-    An already initialised Ray is used as it is. Otherwise ``address`` connects to a running
-    cluster, and no address starts a private local instance with ``num_cpus`` CPUs; either
-    is shut down on exit.
-    """
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    check_address(address)
-    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-    if address is None:
-        options["num_cpus"] = num_cpus
-    else:
-        check_reachable(address)
-        options["address"] = address
-    try:
-        ray.init(**options)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise ConfigError(f"cannot connect to {where}: {exc}".splitlines()[0]) from None
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 class CellExecutor(Protocol):
     """Runs cells; see the module docstring."""
 

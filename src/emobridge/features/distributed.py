@@ -47,12 +47,12 @@ def extract_with_ray(
 
     ``shards``: how many tasks (default: two per task slot of the cluster, at most one per
     file); each asks for ``num_cpus`` CPUs, and one GPU when the extractor's device is CUDA.
-    ``address``: as :func:`emobridge.experiments.executors.ray_session` (Ray already
+    ``address``: as :func:`emobridge.raycluster.ray_session` (Ray already
     initialised is used as it is; no address starts a local instance on every core).
     Errors are those of :meth:`FeatureStore.extract`; the first failing shard's error is
     raised after the other shards are cancelled.
     """
-    from emobridge.experiments.executors import ray_session
+    from emobridge.raycluster import ray_session
 
     start = time.perf_counter()
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)

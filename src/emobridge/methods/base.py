@@ -81,15 +81,17 @@ class AdaptationMethod(ABC):
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> AdaptationMethod:
-        """Rebuild a method written by :meth:`save` (its ``from_state``), or the method of a
-        model bundle; ``device`` overrides the saved one where the method has a device."""
+        """Rebuild a method written by :meth:`save` (its ``from_state``); ``device``
+        overrides the saved one where the method has a device. A model bundle is loaded by
+        its own layer (``emobridge.inference.load_bundle(folder).method``): a method knows no
+        bundle."""
+        from emobridge.errors import EmobridgeError
         from emobridge.methods.state import read_method_files
 
         directory = Path(directory)
         if not (directory / "method.json").exists() and (directory / "bundle.json").exists():
-            from emobridge.inference.bundle import load_bundle
-
-            return load_bundle(directory, device=device).method
+            raise EmobridgeError(f"{directory} is a model bundle, not a saved method: load it "
+                                 "with emobridge.inference.load_bundle(folder).method")
         return cls.from_state(*read_method_files(directory), device=device)
 
     @classmethod
