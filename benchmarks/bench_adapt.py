@@ -347,7 +347,10 @@ reference): real speech folders against non-speech folders:
 What did not close the gap between (d) and (e) (one-off runs on the same bundles): finer
 speaker clusters (the clustering's `coarse_tolerance` 1.0 instead of 0.6: mean (d) 77.1; the
 "speakers" section finds the coarse split best in every fold) and hard instead of posterior
-class weights for the balanced statistics (77.2). On the confounded variant the estimated
+class weights for the balanced statistics (77.2), Whisper features instead of GE2E as speaker
+embeddings (77.2: no cluster structure found in four folders), and a second pass that
+re-estimates the balanced statistics with the adapted model's posteriors (76.9; (e) 84.4,
+confounded (d) 75.0). On the confounded variant the estimated
 groups (mostly the speakers' sexes) carry skewed emotion mixes: class-balanced statistics
 lift (d) from 69.6 (plain statistics) to 74.1, not to (c).
 

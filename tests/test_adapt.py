@@ -236,3 +236,43 @@ def test_confounded_given_speakers_fall_back_to_the_folder_statistics(bundle, re
     plain = rec.adapt_predict(paths, speakers="none")[1]
     cols = [f"p_{c}" for c in CLASSES]
     np.testing.assert_allclose(table[cols].to_numpy(), plain[cols].to_numpy(), atol=1e-9)
+
+
+def test_cli_adapt_refuses_a_folder_of_other_files_before_reading_audio(bundle, recordings,
+                                                                         tmp_path, capsys):
+    _, folder = recordings
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["adapt", str(folder), "-m", str(bundle), "-o", str(mine)]) == 1
+    captured = capsys.readouterr()
+    assert "not empty and not made by emobridge" in captured.err
+    assert "adapted to" not in captured.out and (mine / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("nan", "non-finite feature values"),
+    ("index", "index out of range"),
+    ("labels", "labels outside the 4 classes"),
+])
+def test_crafted_memory_with_valid_checksums_is_refused(tmp_path, recordings, damage, message):
+    """A memory rewritten with matching checksums (a crafted bundle) is still checked."""
+    from safetensors.numpy import load_file, save_file
+
+    from emobridge.inference.bundle import sha256_file
+
+    paths, _ = recordings
+    folder = build_adaptable_bundle(tmp_path / "b", speaker_embeddings=False)
+    arrays = load_file(str(folder / "memory.safetensors"))
+    if damage == "nan":
+        arrays["features"][3, 5] = np.nan
+    elif damage == "index":
+        arrays["speaker_index"][0] = 999
+    else:
+        arrays["labels"][0] = 7
+    save_file(arrays, str(folder / "memory.safetensors"))
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta["files"]["memory.safetensors"] = sha256_file(folder / "memory.safetensors")
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(EmobridgeError, match=message):
+        Recognizer.load(folder).adapt(paths, speakers="none")

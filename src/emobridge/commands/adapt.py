@@ -83,6 +83,11 @@ def adapt(
     speakers, self-training) and write the adapted bundle, for predict / serve --model."""
     from emobridge.commands.predict import _report_errors, load_recognizer
 
+    from emobridge.fileio import prepare_output_dir
+    from emobridge.inference.bundle import BUNDLE_JSON
+
+    # refused before any audio is read (a folder of the user's own files, a read-only path)
+    prepare_output_dir(out, marker=BUNDLE_JSON, what="bundle folder")
     files, spk = inputs_and_speakers(paths, speakers)
     rec = load_recognizer(model, device)
     if rec.bundle.memory_meta is None:
