@@ -44,6 +44,13 @@ class Extractor(ABC):
     def output(self) -> Literal["frames", "vector"]:
         """``"frames"`` for frames x dims arrays, ``"vector"`` for one vector per utterance."""
 
+    @property
+    def dim(self) -> int | None:
+        """Width of the output (the vector's length, or dims per frame) when it is known
+        without loading a model or reading audio, else ``None`` (the default). Config
+        validation uses it to refuse features a method cannot use before any extraction."""
+        return None
+
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """Every parameter that affects the output (JSON-serialisable)."""

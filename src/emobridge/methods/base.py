@@ -15,7 +15,7 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -124,6 +124,15 @@ class AdaptationMethod(ABC):
         rules); a bad value raises :class:`ConfigError`. ``fit`` runs it, and so does config
         validation, so a shipped or user config fails before hours of extraction."""
         self.check_param_types()
+
+    def check_features(self, output: Literal["frames", "vector"], dim: int | None) -> None:
+        """Refuse features this method cannot use, before any data is read: ``output`` is
+        the extractor's kind (``"frames"``: a frames x dims matrix per utterance,
+        ``"vector"``: one vector), ``dim`` its width when the extractor knows it without
+        loading a model, else ``None`` (check only what is known). Cheap and data-free;
+        config validation calls it for every (method, feature) pair of the grid. Raises
+        :class:`ConfigError` with one line naming the reason; the default accepts all.
+        ``fit`` keeps its own checks on the actual data."""
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters (as scikit-learn's ``get_params``)."""

@@ -67,7 +67,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -125,6 +125,14 @@ class MMD(NeuralMethod):
                               f"{self.source_epochs}")
         if not self.source_lr > 0:
             raise ConfigError(f"mmd: source_lr must be > 0, got {self.source_lr}")
+
+    def check_features(self, output: Literal["frames", "vector"], dim: int | None) -> None:
+        """The ``vgg`` (default) and ``snsa`` backbones need frame sequences (log-mel
+        images); ``mlp`` / ``auto`` take vectors too."""
+        if output != "frames" and self.backbone in ("vgg", "snsa"):
+            raise ConfigError(f"mmd: backbone {self.backbone!r} needs frame sequences "
+                              "(pooling=none, or logmel); got one vector per utterance "
+                              "(use backbone: mlp for vectors)")
 
     def aligns_phase(self, phase: Phase) -> bool:
         return False  # phase 2's own step computes the term (one forward pass per batch)

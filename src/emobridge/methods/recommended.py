@@ -116,6 +116,15 @@ class Recommended(AdaptationMethod):
             raise ConfigError(f"recommended: confound_share must be in (0, 1], got "
                               f"{self.confound_share!r}")
 
+    def check_features(self, output: Literal["frames", "vector"], dim: int | None) -> None:
+        """One vector per utterance whose ``dim`` (when known) splits into ``views`` blocks."""
+        if output != "vector":
+            raise ConfigError("recommended: needs one vector per utterance (pooled features, "
+                              f"e.g. {RECIPE_FEATURES!r}); got frame sequences")
+        if dim is not None and dim % self.views:
+            raise ConfigError(f"recommended: {dim} feature dims do not split into "
+                              f"views={self.views} equal blocks")
+
     def _check(self, source: EmotionData) -> None:
         self.check_settings()
         if not len(source) or not source.is_labelled:

@@ -61,6 +61,11 @@ class GE2E(Extractor):
     def output(self) -> Literal["frames", "vector"]:
         return "vector"
 
+    @property
+    def dim(self) -> int | None:
+        """Always 256 (the GE2E embedding)."""
+        return 256
+
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"rate": self.rate, "min_coverage": self.min_coverage}
         if self.weights is not None:

@@ -59,6 +59,7 @@ from emobridge.models.whisper_encoder import (
     SAMPLE_RATE_HZ,
     WINDOW_MEL_FRAMES,
     WhisperEncoder,
+    WhisperEncoderConfig,
     WhisperLogMel,
 )
 
@@ -213,6 +214,16 @@ class WhisperExtractor(Extractor):
     @property
     def output(self) -> Literal["frames", "vector"]:
         return "frames" if self.pooling == "none" else "vector"
+
+    @property
+    def dim(self) -> int | None:
+        """Known for the offline base model (512 per layer, layers concatenated, doubled by
+        ``meanstd``); other models tell their width only once loaded (``None``)."""
+        if self.model != OFFLINE_BASE:
+            return None
+        n_layers = len(self.layer) if isinstance(self.layer, list) else 1
+        per_frame = WhisperEncoderConfig().d_model * n_layers
+        return per_frame * (2 if self.pooling == "meanstd" else 1)
 
     def params(self) -> dict[str, Any]:
         params = {"model": self.model, "backend": self.backend, "layer": self.layer,
