@@ -82,7 +82,6 @@ def adapt(
     """Adapt a model to your recordings without labels (their own statistics, estimated
     speakers, self-training) and write the adapted bundle, for predict / serve --model."""
     from emobridge.commands.predict import _report_errors, load_recognizer
-
     from emobridge.fileio import prepare_output_dir
     from emobridge.inference.bundle import BUNDLE_JSON
 

@@ -50,6 +50,9 @@ from pydantic import (
 
 from emobridge.errors import ConfigError, EmobridgeError
 
+if typing.TYPE_CHECKING:
+    from emobridge.methods.base import AdaptationMethod
+
 #: Readers the runner handles itself (besides the registered corpus readers).
 SPECIAL_READERS = ("synthetic", "manifest")
 #: Method parameters the runner sets (from ``seeds`` and ``device``); configs may not.
@@ -761,10 +764,13 @@ def validate_config(
 ) -> ExperimentConfig:
     """Validate a config mapping; resolve relative paths against ``base_dir``.
 
-    ``check_registries`` also checks reader, extractor and method names and the method
+    ``check_registries`` also checks reader, extractor and method names, the method
     and reader parameters against their constructors (this imports the methods, i.e.
-    torch). ``output_dir``, ``device`` and ``corpora_root`` override the config's values
-    (command-line options; relative paths there are relative to the current folder).
+    torch), the extractors' parameters (built on the CPU, no model loaded) and every
+    (method, feature) pair the grid runs against the method's ``check_features`` (a
+    refusal names ``methods.N.features``). ``output_dir``, ``device`` and ``corpora_root``
+    override the config's values (command-line options; relative paths there are relative
+    to the current folder).
     Raises :class:`ConfigError` with one ``source: key.path: message`` line per problem.
     """
     if not isinstance(data, dict):
@@ -841,7 +847,6 @@ def _check_registries(cfg: ExperimentConfig, source: str, errors: list[str]) -> 
     from emobridge.corpora.base import available_readers
     from emobridge.errors import FeatureError
     from emobridge.features.registry import available_extractors, parse_spec
-    from emobridge.methods.base import available_methods
 
     readers = available_readers()
     for i, c in enumerate(cfg.corpora):
@@ -863,7 +868,19 @@ def _check_registries(cfg: ExperimentConfig, source: str, errors: list[str]) -> 
         if name not in extractors:
             errors.append(f"{source}: features.extractors.{i}: unknown extractor {name!r}; "
                           f"known: {', '.join(extractors) or '(none registered)'}")
+    checked = _check_methods(cfg, source, errors)
+    if checked:
+        _check_method_features(cfg, source, errors, checked)
+
+
+def _check_methods(cfg: ExperimentConfig, source: str, errors: list[str]
+                   ) -> dict[int, AdaptationMethod]:
+    """Method names, parameters and each method's own rules; the methods that passed,
+    built (no data read), by their index in ``cfg.methods``."""
+    from emobridge.methods.base import available_methods
+
     methods = available_methods()
+    built: dict[int, AdaptationMethod] = {}
     for i, m in enumerate(cfg.methods):
         if m.method not in methods:
             errors.append(f"{source}: methods.{i}.method: unknown method {m.method!r}; "
@@ -874,9 +891,56 @@ def _check_registries(cfg: ExperimentConfig, source: str, errors: list[str]) -> 
                                  errors, skip=RESERVED_METHOD_PARAMS)
         if len(errors) == n_errors:  # types fine: the method's own rules, before any data
             try:
-                methods[m.method](**m.params).check_settings()
+                method = methods[m.method](**m.params)
+                method.check_settings()
             except (EmobridgeError, TypeError, ValueError) as exc:
                 errors.append(f"{source}: methods.{i}.params: {exc}")
+            else:
+                built[i] = method
+    return built
+
+
+def _feature_shapes(cfg: ExperimentConfig, source: str, errors: list[str]
+                    ) -> dict[str, tuple[str, int | None]]:
+    """``label -> (output, dim)`` of every extractor that builds, without loading a model
+    (on the CPU: the device does not change the output); a spec whose parameters the
+    extractor refuses is an error naming ``features.extractors.N``."""
+    from emobridge.features.registry import available_extractors, build_extractor
+
+    known = available_extractors()
+    shapes: dict[str, tuple[str, int | None]] = {}
+    for i, spec in enumerate(cfg.feature_specs):
+        if spec.name not in known:
+            continue  # reported above
+        params = dict(spec.params)
+        if "device" in inspect.signature(known[spec.name].__init__).parameters:
+            params["device"] = "cpu"
+        try:
+            extractor = build_extractor({"name": spec.name, "params": params})
+        except (EmobridgeError, TypeError, ValueError) as exc:
+            errors.append(f"{source}: features.extractors.{i}: {exc}")
+            continue
+        shapes[spec.label] = (extractor.output, extractor.dim)
+    return shapes
+
+
+def _check_method_features(cfg: ExperimentConfig, source: str, errors: list[str],
+                           methods: dict[int, AdaptationMethod]) -> None:
+    """Every (method, feature) pair the grid runs through the method's
+    :meth:`~emobridge.methods.base.AdaptationMethod.check_features`: a pair that would fail
+    every cell at fit time is an error naming ``methods.N.features`` and the feature."""
+    shapes = _feature_shapes(cfg, source, errors)
+    for i, method in methods.items():
+        m = cfg.methods[i]
+        for label, (output, dim) in shapes.items():
+            if m.features is not None and label not in m.features:
+                continue
+            try:
+                method.check_features(output, dim)
+            except (EmobridgeError, TypeError, ValueError) as exc:
+                shape = f"{output}" if dim is None else f"{output} of {dim} dims"
+                errors.append(f"{source}: methods.{i}.features: method {m.label!r} cannot run "
+                              f"on feature {label!r} ({shape}): {exc}")
 
 
 def load_config(

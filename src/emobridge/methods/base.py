@@ -133,6 +133,7 @@ class AdaptationMethod(ABC):
         config validation calls it for every (method, feature) pair of the grid. Raises
         :class:`ConfigError` with one line naming the reason; the default accepts all.
         ``fit`` keeps its own checks on the actual data."""
+        return None  # any features
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters (as scikit-learn's ``get_params``)."""
