@@ -135,6 +135,11 @@ def test_recommended_is_the_default_method(experiment, capsys):
     assert metrics["method"] == "recommended" and metrics["test"]["ua"] > 0.5
     assert json.loads((out / "config.json").read_text())["params"]["rounds"] == \
         [0.2, 0.4, 0.6, 0.8]
+    # the bundle keeps its source vectors, so it can adapt to a user's folder
+    memory = load_bundle(out / "model").load_memory()
+    assert memory.features.shape[1] == 88 and memory.speaker_embeddings is None
+    config = json.loads((out / "config.json").read_text())
+    assert len(memory) == config["data"]["source"]["utterances"]
 
 
 def test_few_shot_in_seconds_and_bad_sizes(experiment, capsys):

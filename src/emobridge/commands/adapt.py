@@ -85,17 +85,24 @@ def adapt(
     from emobridge.fileio import prepare_output_dir
     from emobridge.inference.bundle import BUNDLE_JSON
 
-    # refused before any audio is read (a folder of the user's own files, a read-only path)
+    # refused before any audio is read (a folder of the user's own files, a read-only path);
+    # a folder made here is removed again when the adaptation fails
+    created = not out.exists()
     prepare_output_dir(out, marker=BUNDLE_JSON, what="bundle folder")
-    files, spk = inputs_and_speakers(paths, speakers)
-    rec = load_recognizer(model, device)
-    if rec.bundle.memory_meta is None:
-        rec.bundle.load_memory()  # the one-line refusal, before any audio is read
-    adapted, table = run_adaptation(rec, files, spk, store=store, seed=seed,
-                                    show_progress=sys.stderr.isatty() if progress is None
-                                    else progress)
-    _report_errors(table.attrs.get("errors", {}), len(files), skip_errors)
-    adapted.save(out)
+    try:
+        files, spk = inputs_and_speakers(paths, speakers)
+        rec = load_recognizer(model, device)
+        if rec.bundle.memory_meta is None:
+            rec.bundle.load_memory()  # the one-line refusal, before any audio is read
+        adapted, table = run_adaptation(rec, files, spk, store=store, seed=seed,
+                                        show_progress=sys.stderr.isatty() if progress is None
+                                        else progress)
+        _report_errors(table.attrs.get("errors", {}), len(files), skip_errors)
+        adapted.save(out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     console.print(f"adapted bundle -> {out}", highlight=False)
 
 
