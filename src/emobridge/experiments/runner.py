@@ -6,15 +6,17 @@ feature store), then runs the cells, one at a time or in ``jobs`` worker process
 finally writes the tables, figures and the HTML report (see
 :mod:`emobridge.experiments.results` for the folder layout).
 
-Per cell, :func:`emobridge.protocols.assemble_cell` (the same function ``emobridge train``
-uses) splits source and target by speaker (``protocol.source_split`` / ``target_split``,
-checked for shared speakers and shared audio), draws ``k`` labelled target utterances from
-the target training speakers (all of them stay in the unlabelled pool) and picks the
-validation rows; :func:`emobridge.methods.runner.fit_and_evaluate` fits the method (built
-with the cell's seed and the run's device) and scores it on the target test speakers (and
-the source test speakers when there are any). The cell's ``metrics.json`` is written
-atomically; a cell that raises is recorded (``error.json`` + ``traceback.txt``) and the
-others go on unless ``fail_fast``.
+Per cell (:mod:`emobridge.experiments.cells`, run by the executors of
+:mod:`emobridge.experiments.executors`), :func:`emobridge.protocols.assemble_cell` (the
+same function ``emobridge train`` uses) splits source and target by speaker
+(``protocol.source_split`` / ``target_split``, checked for shared speakers and shared
+audio), draws ``k`` labelled target utterances from the target training speakers (all of
+them stay in the unlabelled pool) and picks the validation rows;
+:func:`emobridge.methods.runner.fit_and_evaluate` fits the method (built with the cell's
+seed and the run's device) and scores it on the target test speakers (and the source test
+speakers when there are any). The cell's ``metrics.json`` is written atomically; a cell
+that raises is recorded (``error.json`` + ``traceback.txt``) and the others go on unless
+``fail_fast``.
 
 Resumption: a cell whose ``metrics.json`` is valid and carries the hash of the cell's
 current settings is skipped, so rerunning an interrupted (or extended) config only computes
@@ -27,7 +29,6 @@ Interruption: SIGINT / SIGTERM stop the workers and raise :class:`KeyboardInterr
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import platform
 import signal
@@ -35,21 +36,25 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from emobridge import __version__
-from emobridge.errors import ConfigError, CorpusError, EmobridgeError
+from emobridge.errors import ConfigError, CorpusError
+from emobridge.experiments.cells import (
+    CellJob,
+    CellOutcome,
+    ExperimentError,
+    Log,
+    cell_folder,
+    cell_rows,
+    execute_cell,
+)
 from emobridge.experiments.config import (
     ExperimentConfig,
     MethodConfig,
@@ -57,29 +62,27 @@ from emobridge.experiments.config import (
     check_name,
     task_name,
 )
+from emobridge.experiments.executors import make_executor
 from emobridge.experiments.results import (
     CellKey,
     Task,
     aggregate,
-    cell_dir,
     cells_frame,
     collect,
     read_cell_metrics,
-    write_cell_error,
-    write_cell_metrics,
-    write_embedding,
     write_tables,
 )
 from emobridge.fileio import atomic_path, write_json_atomic, write_text_atomic
 
-Log = Callable[[str], None]
+#: Names importable from here; ``CellJob``, ``CellOutcome``, ``ExperimentError``,
+#: ``cell_folder``, ``cell_rows`` and ``execute_cell`` live in
+#: :mod:`emobridge.experiments.cells`.
+__all__ = ["CELL_VERSION", "CellJob", "CellOutcome", "ExperimentError", "RunSummary",
+           "cell_folder", "cell_hash", "cell_rows", "execute_cell", "expand_cells",
+           "expand_tasks", "git_commit", "load_corpora", "method_ks", "run_experiment"]
 
 #: Bumped when what a cell computes from the same settings changes (so old results re-run).
 CELL_VERSION = 2
-
-
-class ExperimentError(EmobridgeError):
-    """A run could not complete: a cell failed under ``fail_fast``, or cells failed."""
 
 
 # ---------------------------------------------------------------------- corpora
@@ -260,304 +263,6 @@ def cell_hash(cfg: ExperimentConfig, key: CellKey, task: Task, classes: tuple[st
         "corpora": [c.model_dump(mode="json") for c in cfg.corpora],
         "bootstrap": cfg.report.bootstrap, "max_points": cfg.report.max_points,
     })
-
-
-def cell_folder(run_dir: str | os.PathLike[str], key: CellKey) -> Path:
-    """The cell's folder, refused unless it lies inside ``run_dir/cells`` (names are
-    validated by the config schema; this guards against any that slipped through)."""
-    folder = cell_dir(run_dir, key)
-    root = (Path(run_dir) / "cells").resolve()
-    if folder.resolve().parent != root:
-        raise ConfigError(f"cell id {key.id!r} would write outside {root}")
-    return folder
-
-
-# ---------------------------------------------------------------------- one cell
-
-
-@dataclass(frozen=True)
-class CellJob:
-    """Everything a (possibly remote) worker needs to run one cell."""
-
-    key: CellKey
-    task: Task
-    cell_hash: str
-    run_dir: str
-    manifest_path: str
-    store: str
-    feature_id: str
-    classes: tuple[str, ...]
-    config: ExperimentConfig
-    #: the resolved torch device (never ``auto``)
-    device: str = "cpu"
-    #: audio files left out because they could not be decoded (``skip_errors``)
-    skipped_files: int = 0
-
-
-@dataclass
-class CellOutcome:
-    key: CellKey
-    status: str
-    seconds: float
-    ua: float | None = None
-    error: str | None = None
-
-
-#: Per-process cache: the manifest and the features of every row, loaded once per worker.
-_CACHE: dict[tuple[str, ...], Any] = {}
-
-
-def _cached_manifest(path: str) -> pd.DataFrame:
-    key = ("manifest", path)
-    if key not in _CACHE:
-        from emobridge.corpora.manifest import read_manifest
-
-        _CACHE[key] = read_manifest(path).reset_index(drop=True)
-    return _CACHE[key]
-
-
-def _cached_features(job: CellJob, manifest: pd.DataFrame) -> list[np.ndarray]:
-    key = ("features", job.store, job.feature_id, job.manifest_path)
-    if key not in _CACHE:
-        from emobridge.features.store import FeatureStore
-
-        _CACHE[key] = FeatureStore(job.store).load(manifest, job.feature_id)
-    return _CACHE[key]
-
-
-def cell_rows(manifest: pd.DataFrame, task: Task, protocol: ProtocolConfig, key: CellKey,
-              fold: int | None = None):
-    """The rows of one cell (:func:`emobridge.protocols.assemble_cell`) -> ``CellRows``;
-    ``fold``: the target fold (``protocol.target_folds``)."""
-    from emobridge.protocols import assemble_cell
-
-    column = manifest[protocol.domain].astype(str)
-    source = manifest[column.isin(task.sources)]
-    target = manifest[column == task.target]
-    if source.empty or target.empty:
-        side = "source" if source.empty else "target"
-        raise ConfigError(f"task {task.name}: no {side} utterances")
-    return assemble_cell(
-        source, target, k=key.k, validation=protocol.validation,
-        seed=protocol.split_seed if protocol.split_seed is not None else key.seed,
-        target_ratios=protocol.target_split.as_tuple(),
-        source_ratios=protocol.source_split.as_tuple(), stratify_by=protocol.stratify_by,
-        target_fold=None if fold is None else (fold, int(protocol.target_folds)))
-
-
-def _build_cell_method(job: CellJob):
-    """The cell's method, seeded with the cell's seed, on the run's device."""
-    from emobridge.methods import build_method
-    from emobridge.methods.base import available_methods
-    from emobridge.runtime import seed_everything
-
-    method_cfg = job.config.method(job.key.method)
-    params = dict(method_cfg.params)
-    names = available_methods()[method_cfg.method].param_names()
-    for name, value in (("seed", job.key.seed), ("device", job.device)):
-        if name in names:
-            params[name] = value
-    seed_everything(job.key.seed)
-    return build_method(method_cfg.method, **params)
-
-
-def _subsample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    if len(frame) <= n:
-        return frame
-    rng = np.random.default_rng(seed)
-    return frame.iloc[np.sort(rng.choice(len(frame), n, replace=False))]
-
-
-def _embedding_step(job: CellJob, method: Any, rows: Any, to_data: Callable
-                    ) -> tuple[dict[str, float] | None, str | None]:
-    """Embed test utterances of both languages (the semi-supervised paper's Fig. 6): the
-    target test speakers plus source test speakers, else source validation or training
-    ones. Returns ``(silhouettes, error)``; a failure is reported, not fatal."""
-    from emobridge.metrics import silhouette_by_label
-
-    cfg, key, split = job.config, job.key, rows.split
-    source_rows = next(f for f in (split.source_test, split.source_validation,
-                                    split.source_train) if not f.empty)
-    half = cfg.report.max_points // 2
-    source_rows = _subsample(source_rows, min(half, cfg.protocol.max_source_points), key.seed)
-    target_rows = _subsample(split.target_test, cfg.report.max_points - len(source_rows),
-                             key.seed)
-    both = pd.concat([target_rows, source_rows])
-    try:
-        emb = np.asarray(method.embed(to_data(both)), dtype=np.float32)
-        if emb.ndim != 2 or len(emb) != len(both):
-            raise EmobridgeError(f"embed() returned shape {emb.shape} for {len(both)} rows")
-        emotions = both["emotion"].astype(str).to_numpy()
-        languages = both["language"].astype(str).to_numpy()
-        n_target = len(target_rows)
-        silhouette = {
-            "emotion": silhouette_by_label(emb, emotions),
-            "language": silhouette_by_label(emb, languages),
-            "emotion_target": silhouette_by_label(emb[:n_target], emotions[:n_target]),
-        }
-        write_embedding(cell_folder(job.run_dir, key), emb, emotions, languages,
-                        ["target"] * n_target + ["source"] * len(source_rows))
-        return silhouette, None
-    except Exception as exc:  # reported in metrics.json and the report, not fatal
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-@dataclass
-class _CellFit:
-    """A cell's fitted method and scores; with target folds, the last fold's method, rows,
-    history and source scores (the source split does not depend on the fold), and the
-    target test pieces and scores pooled over folds."""
-
-    rows: Any
-    data: Any
-    method: Any
-    result: dict[str, Any]
-    fit_s: float
-    folds: list[dict[str, Any]] | None = None
-
-
-def _fit_cell(job: CellJob, manifest: pd.DataFrame, feats: list[np.ndarray]) -> _CellFit:
-    """Fit and score the cell once, or once per target fold (``protocol.target_folds``)
-    with the test predictions of every fold pooled: each target utterance tested once."""
-    from emobridge.methods import EmotionData
-    from emobridge.methods.runner import cell_data, fit_and_evaluate
-    from emobridge.metrics import evaluate
-
-    cfg, key = job.config, job.key
-    n_folds = cfg.protocol.target_folds
-    fits: list[_CellFit] = []
-    for fold in [None] if n_folds is None else range(n_folds):
-        rows = cell_rows(manifest, job.task, cfg.protocol, key, fold)
-        data = cell_data(rows, lambda frame: [feats[i] for i in frame.index], job.classes)
-        method = _build_cell_method(job)
-        t_fit = time.perf_counter()
-        result = fit_and_evaluate(method, data, cfg.report.bootstrap, seed=key.seed)
-        fits.append(_CellFit(rows, data, method, result, time.perf_counter() - t_fit))
-    if n_folds is None:
-        return fits[0]
-    last = fits[-1]
-    test = EmotionData.concat([f.data.test for f in fits])
-    proba = np.concatenate([f.result["test_proba"] for f in fits])
-    present = set(test.labels.tolist())
-    result = {**last.result, "test_proba": proba, "test": evaluate(
-        test.labels, proba, job.classes, ci=cfg.report.bootstrap > 0,
-        n_resamples=max(cfg.report.bootstrap, 1), seed=key.seed),
-        "missing_classes": [c for i, c in enumerate(job.classes) if i not in present]}
-    folds = [{"fold": i, "ua": f.result["test"]["ua"], "wa": f.result["test"]["wa"],
-              "n": len(f.data.test), "fit_s": f.fit_s, "best_epoch": f.result["best_epoch"]}
-             for i, f in enumerate(fits)]
-    data = dataclasses.replace(last.data, test=test)
-    return _CellFit(last.rows, data, last.method, result, sum(f.fit_s for f in fits), folds)
-
-
-def _run_cell(job: CellJob) -> dict[str, Any]:
-    from emobridge.methods import EmotionData
-
-    cfg, key = job.config, job.key
-    t_start = time.perf_counter()
-    manifest = _cached_manifest(job.manifest_path)
-    feats = _cached_features(job, manifest)
-    fit = _fit_cell(job, manifest, feats)
-    data, result, method, rows = fit.data, fit.result, fit.method, fit.rows
-    predictions: dict[str, Any] = {"target": {
-        "y_true": data.test.labels, "y_pred": result["test_proba"].argmax(axis=1),
-        "ids": data.test.ids.tolist()}}
-    if data.source_test is not None:
-        predictions["source"] = {"y_true": data.source_test.labels,
-                                 "y_pred": result["source_pred"]}
-    if cfg.save_models:
-        _save_cell_model(job, method, data, result)
-    silhouette, embedding_error = _embedding_step(
-        job, method, rows, lambda f: EmotionData.from_manifest(
-            f, [feats[i] for i in f.index], job.classes))
-    return {
-        "cell": {**key.as_dict(), "sources": list(job.task.sources),
-                 "target_domain": job.task.target,
-                 "method_class": cfg.method(key.method).method},
-        "cell_hash": job.cell_hash, "classes": list(job.classes),
-        "feature_id": job.feature_id, "method_params": method.get_params(),
-        "target": result["test"], "source": result["source"],
-        "missing_classes": result["missing_classes"],
-        "silhouette": silhouette, "embedding_error": embedding_error,
-        "history": result["history"], "sizes": _sizes(rows), "predictions": predictions,
-        "device": job.device, "skipped_files": job.skipped_files,
-        **({} if fit.folds is None else {"folds": fit.folds}),
-        "timing": {"fit_s": fit.fit_s, "total_s": time.perf_counter() - t_start},
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _save_cell_model(job: CellJob, method: Any, data: Any, result: dict[str, Any]) -> None:
-    """``save_models: true``: the cell's method as a bundle in ``cells/<cell>/model``."""
-    from emobridge.features import FeatureStore
-    from emobridge.inference.bundle import save_bundle, training_summary
-
-    spec = FeatureStore(job.store).spec(job.feature_id)
-    training = training_summary(data.source, target=data.target_unlabelled,
-                                metrics={"target_test": _headline(result["test"])})
-    training["cell"] = job.key.as_dict()
-    save_bundle(method, cell_folder(job.run_dir, job.key) / "model",
-                extractor={"name": spec["name"], "params": spec.get("params", {})},
-                training=training, label_set=str(job.config.taxonomy.label_set))
-
-
-def _headline(scores: dict[str, Any]) -> dict[str, Any]:
-    return {k: scores[k] for k in ("ua", "wa", "macro_f1", "n") if k in scores}
-
-
-def _sizes(rows: Any) -> dict[str, Any]:
-    """Per-piece sizes as recorded in metrics.json (labelled / unlabelled / validation as
-    utterance counts)."""
-    sizes = rows.sizes()
-    return {**{k: v for k, v in sizes.items() if k in rows.split.partitions()},
-            "target_labelled": sizes["target_labelled"]["utterances"],
-            "target_unlabelled": sizes["target_unlabelled"]["utterances"],
-            "validation": sizes["validation"]["utterances"]}
-
-
-def execute_cell(job: CellJob) -> CellOutcome:
-    """Run one cell and record its outcome on disk; never raises for a cell's own error."""
-    start = time.perf_counter()
-    directory = cell_folder(job.run_dir, job.key)
-    try:
-        payload = _run_cell(job)
-        write_cell_metrics(directory, payload)
-        return CellOutcome(job.key, "ok", time.perf_counter() - start,
-                           ua=float(payload["target"]["ua"]))
-    except Exception as exc:
-        write_cell_error(directory, job.key, job.cell_hash, exc, traceback.format_exc())
-        return CellOutcome(job.key, "failed", time.perf_counter() - start,
-                           error=f"{type(exc).__name__}: {exc}")
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Make this worker exit when the process that started it dies (``kill -9`` included):
-    the kernel's parent-death signal on Linux, and a watchdog thread everywhere."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="emobridge-parent-watchdog", daemon=True).start()
-
-
-def _init_worker(threads: int, parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
-    # Ctrl-C reaches the whole process group: the parent decides and stops the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------- the run
@@ -763,7 +468,6 @@ def run_experiment(
     SIGINT / SIGTERM stop the workers and raise :class:`KeyboardInterrupt`; finished cells
     stay on disk for the next run.
     """
-    from emobridge.experiments.executors import make_executor
     from emobridge.fileio import prepare_output_dir
     from emobridge.runtime import resolve_device
 
@@ -834,102 +538,3 @@ def _finish(cfg: ExperimentConfig, run_dir: Path, plan: _Plan, outcomes: list[Ce
            f"{len(failures)} failed{skipped_note}; report: {report_path}")
     return RunSummary(run_dir, len(plan.keys), n_skipped, info["n_run"], len(failures),
                       info["seconds"], report_path, table, failures)
-
-
-def _log_outcome(logger: Log, outcome: CellOutcome, done: int, total: int) -> None:
-    if outcome.status == "ok":
-        logger(f"[{done}/{total}] {outcome.key.id}: UA {outcome.ua * 100:.1f}% "
-               f"({outcome.seconds:.1f} s)")
-    else:
-        logger(f"[{done}/{total}] {outcome.key.id}: FAILED {outcome.error} "
-               f"({outcome.seconds:.1f} s)")
-
-
-def _fail_fast_error(outcome: CellOutcome, run_dir: str) -> ExperimentError:
-    d = Path(run_dir) / "cells" / outcome.key.id
-    return ExperimentError(f"cell {outcome.key.id} failed: {outcome.error} "
-                           f"(traceback: {d / 'traceback.txt'})")
-
-
-def _execute(jobs_list: list[CellJob], jobs: int, threads: int, fail_fast: bool, logger: Log,
-             manifest: pd.DataFrame) -> list[CellOutcome]:
-    """Run the cells in this process (``jobs == 1``) or in ``jobs`` spawned workers, each
-    with ``threads`` torch threads."""
-    if not jobs_list:
-        return []
-    if jobs == 1 or len(jobs_list) == 1:
-        return _execute_here(jobs_list, threads, fail_fast, logger, manifest)
-    return _execute_pool(jobs_list, jobs, threads, fail_fast, logger)
-
-
-def _execute_here(jobs_list: list[CellJob], threads: int, fail_fast: bool, logger: Log,
-                  manifest: pd.DataFrame) -> list[CellOutcome]:
-    import torch
-
-    outcomes: list[CellOutcome] = []
-    # In-process: seed the cache with the manifest already in memory.
-    _CACHE[("manifest", jobs_list[0].manifest_path)] = manifest
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for job in jobs_list:
-            outcome = execute_cell(job)
-            outcomes.append(outcome)
-            _log_outcome(logger, outcome, len(outcomes), len(jobs_list))
-            if fail_fast and outcome.status != "ok":
-                raise _fail_fast_error(outcome, job.run_dir)
-    finally:
-        _CACHE.clear()
-        torch.set_num_threads(previous_threads)
-    return outcomes
-
-
-def _outcome(fut: Future, job: CellJob) -> CellOutcome:
-    try:
-        return fut.result()
-    except BrokenProcessPool as exc:
-        # The worker died (killed, out of memory): record it like a cell error.
-        write_cell_error(cell_folder(job.run_dir, job.key), job.key, job.cell_hash, exc,
-                         traceback.format_exc())
-        return CellOutcome(job.key, "failed", 0.0, error=f"worker process died: {exc}")
-
-
-def _stop_workers(executor: ProcessPoolExecutor) -> None:
-    """Cancel queued cells and terminate running workers (``shutdown`` alone would wait for
-    the running cells to finish)."""
-    processes = list((getattr(executor, "_processes", None) or {}).values())
-    executor.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        with contextlib.suppress(Exception):
-            process.terminate()
-    for process in processes:
-        with contextlib.suppress(Exception):
-            process.join(timeout=5)
-
-
-def _execute_pool(jobs_list: list[CellJob], jobs: int, threads: int, fail_fast: bool,
-                  logger: Log) -> list[CellOutcome]:
-    outcomes: list[CellOutcome] = []
-    executor = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads, os.getpid()))
-    finished = False
-    try:
-        futures: dict[Future, CellJob] = {executor.submit(execute_cell, j): j
-                                          for j in jobs_list}
-        remaining = set(futures)
-        while remaining:
-            # A timeout keeps the main thread responsive to SIGINT / SIGTERM.
-            done, remaining = wait(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
-            for fut in done:
-                outcome = _outcome(fut, futures[fut])
-                outcomes.append(outcome)
-                _log_outcome(logger, outcome, len(outcomes), len(jobs_list))
-                if fail_fast and outcome.status != "ok":
-                    raise _fail_fast_error(outcome, futures[fut].run_dir)
-        finished = True
-    finally:
-        if finished:
-            executor.shutdown(wait=True)
-        else:
-            _stop_workers(executor)
-    return outcomes
