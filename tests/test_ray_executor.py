@@ -191,3 +191,11 @@ def test_ray_dead_worker_is_recorded(runs) -> None:
     outcome = _ray_outcome(ray, die.remote(), job)
     assert outcome.status == "failed" and outcome.error.startswith("Ray worker failed")
     assert (remote.run_dir / "cells" / job.key.id / "error.json").exists()
+
+
+def test_a_real_gcs_address_passes_the_reachability_check(ray_instance):
+    from emobridge.raycluster import check_reachable
+
+    # the GCS listens on every interface: probed through loopback, this machine only
+    port = ray_instance.get_runtime_context().gcs_address.rpartition(":")[2]
+    check_reachable(f"127.0.0.1:{port}", timeout_s=5.0)  # gRPC answers the HTTP/2 preface

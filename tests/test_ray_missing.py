@@ -90,8 +90,32 @@ def test_an_address_nothing_answers_on_fails_at_once() -> None:
     with pytest.raises(ConfigError, match="cannot reach"):
         check_reachable(f"ray://127.0.0.1:{port}")
     check_reachable("auto")  # resolved by Ray itself
-    with socket.socket() as server:  # something listening: accepted
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
     assert time.monotonic() - start < 10  # not Ray's minutes of retries
+
+
+def test_a_port_without_ray_behind_it_fails_in_seconds() -> None:
+    """A server that accepts connections but is no gRPC server (silent, or HTTP/1.1) is
+    refused within the timeout (Ray itself takes 25 s); a real GCS passes
+    (tests/test_ray_executor.py)."""
+    import socket
+    import threading
+    import time
+
+    from emobridge.raycluster import check_reachable
+
+    def http_reply(server: socket.socket) -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(64)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    for reply in (None, http_reply):
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            if reply is not None:
+                threading.Thread(target=reply, args=(server,), daemon=True).start()
+            start = time.monotonic()
+            with pytest.raises(ConfigError, match="does not answer as a Ray cluster"):
+                check_reachable(f"127.0.0.1:{server.getsockname()[1]}", timeout_s=1.0)
+            assert time.monotonic() - start < 3

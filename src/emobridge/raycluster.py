@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import socket
 from collections.abc import Iterator
@@ -35,17 +36,38 @@ def check_address(address: str | None) -> str | None:
     return address
 
 
+#: The HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS and its
+#: client server both are) answers with a SETTINGS frame of its own at once.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_H2_SETTINGS = 0x04
+
+
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Refuse a ``HOST:PORT`` / ``ray://HOST:PORT`` address nothing answers on within
-    ``timeout_s`` (``ray.init`` itself retries for minutes before it gives up)."""
+    """Refuse a ``HOST:PORT`` / ``ray://HOST:PORT`` address that nothing answers on, or
+    whose server is not a gRPC server, within ``timeout_s`` (``ray.init`` itself retries
+    for minutes, or 25 s against a port that accepts connections without Ray behind it).
+    With TLS (``RAY_USE_TLS=1``) only the connection is checked."""
     if address == "auto":
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
     except OSError as exc:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: "
                           f"{exc.strerror or exc}") from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").strip() not in ("", "0"):
+            return
+        try:
+            conn.sendall(_H2_PREFACE)
+            frame = conn.recv(9)
+        except OSError:  # a timeout, or a server that hung up
+            frame = b""
+    if len(frame) < 9 or frame[3] != _H2_SETTINGS:
+        raise ConfigError(f"{address} accepts connections but does not answer as a Ray "
+                          f"cluster (no gRPC server there within {timeout_s:g} s): give the "
+                          "head's GCS port (6379 by default) or ray://HOST:10001 for the "
+                          "Ray client")
 
 
 def import_ray() -> Any:
