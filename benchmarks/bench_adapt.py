@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import variants
 from _common import DEFAULT_CORPORA, REPO, extract_features, load_manifest, write_section
 
 CORPORA = ["emodb", "ravdess", "emovo", "ased", "emotiontts"]
@@ -63,19 +64,12 @@ def build_bundle(names: list[str], manifests: dict, feats: dict, spk: dict, fold
                        memory=SourceMemory.from_data(data, embeds, SPEAKER))
 
 
-def confounded(manifest: pd.DataFrame, share: float = 0.8, seed: int = 0) -> pd.DataFrame:
-    """Each speaker keeps all its utterances of one class (rotating over speakers) and
-    enough of the others for that class to be ``share`` of them; every class stays."""
-    rng = np.random.default_rng(seed)
-    keep = []
-    for i, (_, rows) in enumerate(manifest.groupby("speaker", sort=True)):
-        dominant = CLASSES[i % len(CLASSES)]
-        main = rows[rows["emotion"] == dominant]
-        others = rows[rows["emotion"] != dominant]
-        n_other = min(len(others), int(round(len(main) * (1 - share) / share)))
-        keep.append(main)
-        keep.append(others.iloc[rng.permutation(len(others))[:n_other]])
-    return pd.concat(keep).sort_index()
+def confounded(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The confounded variant of a folder (:func:`variants.confounded`: each speaker keeps
+    80 % of its utterances in one class, rotating; every class stays)."""
+    rows = variants.confounded(manifest["emotion"].map(CLASSES.index).to_numpy(),
+                               manifest["speaker"].to_numpy(str), len(CLASSES))
+    return manifest.iloc[rows]
 
 
 def label(rec: Any, manifest: pd.DataFrame, feats: list, spk: list, mode: str,

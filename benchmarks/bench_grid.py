@@ -2,6 +2,7 @@
 task over the corpora present, the recommended recipe beside the references and an ablation.
 
     .venv/bin/python benchmarks/bench_grid.py [--corpora ../shared/corpora] [--seeds 3]
+    .venv/bin/python benchmarks/bench_grid.py --variant confounded|skewed|few_speakers --write
 
 Protocol (named in every table): **transductive** — the whole target corpus is the
 unlabelled adaptation pool and the test set, so every target utterance is tested exactly once
@@ -269,6 +270,84 @@ def baseline_table(done: dict, names: list[str], seeds: int) -> list[str]:
     return lines
 
 
+#: Rows of the stress variants: the recipe, its own per-corpus-statistics row, and the frozen
+#: layer-3 reference without self-training (the floor the recipe must not fall 2 points below).
+VARIANT_ROWS = [("recipe", "rms", {}),
+                ("recipe, per-corpus z", "rms", {"normalise": "per_corpus"}),
+                ("layer 3 + LR", "raw", ABLATION[0][2])]
+
+
+def score_rows(data: dict, src: tuple[str, ...], tgt: str, feature: str, params: dict,
+               rows: np.ndarray) -> tuple[float, float]:
+    """UA of the recipe (``params``) on the target's ``rows`` only (transductive: they are
+    the unlabelled pool and the test set), and its seconds."""
+    from emobridge.methods import EmotionData, build_method
+    from emobridge.metrics import unweighted_average_recall
+
+    source = EmotionData.concat([data[s][feature] for s in src])
+    target = data[tgt][feature].subset(rows)
+    t0 = time.perf_counter()
+    fitted = build_method("recommended", seed=0, **params).fit(source, target.without_labels())
+    pred = fitted.predict(target)
+    return 100 * unweighted_average_recall(target.labels, pred), time.perf_counter() - t0
+
+
+def run_variant(data: dict, names: list[str], kind: str, cache: Path) -> dict:
+    """Every task of the grid on the ``kind`` variant of its target (``variants.py``)."""
+    import warnings
+
+    from variants import variant_rows
+
+    done = json.loads(cache.read_text()) if cache.exists() else {}
+    for i, (src, tgt) in enumerate(tasks(names)):
+        ref = data[tgt]["rms"]
+        rows = variant_rows(kind, ref.labels, ref.speakers, len(ref.classes), rotate=i)
+        for label, feature, params in VARIANT_ROWS:
+            key = f"{kind}|{label}|{'+'.join(src)}>{tgt}"
+            if key in done:
+                continue
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ua, secs = score_rows(data, src, tgt, feature, params, rows)
+            fell_back = any("normalising per corpus instead" in str(w.message) for w in caught)
+            done[key] = {"ua": ua, "seconds": secs, "rows": len(rows), "fell_back": fell_back}
+            write_text_atomic(cache, json.dumps(done))
+            print(f"{key}: {ua:.1f} ({len(rows)} rows)", flush=True)
+    return done
+
+
+def variant_report(done: dict, names: list[str], kind: str) -> str:
+    """One stress variant: per task, the recipe beside its floor, and the collapses."""
+    lines = ["| task | target rows | recipe | recipe, per-corpus z | layer 3 + LR | floor "
+             "(best of the two - 2) | recipe fell back to per-corpus |",
+             "|---|---|---|---|---|---|---|"]
+    values: dict[str, list[float]] = {label: [] for label, _, _ in VARIANT_ROWS}
+    collapses = []
+    for src, tgt in tasks(names):
+        cells = {label: done[f"{kind}|{label}|{'+'.join(src)}>{tgt}"]
+                 for label, _, _ in VARIANT_ROWS}
+        for label, cell in cells.items():
+            values[label].append(cell["ua"])
+        floor = max(cells["recipe, per-corpus z"]["ua"], cells["layer 3 + LR"]["ua"]) - 2
+        recipe = cells["recipe"]
+        if recipe["ua"] < floor:
+            collapses.append(f"{task_name(src, tgt)} ({recipe['ua'] - floor:+.1f})")
+        lines.append(f"| {task_name(src, tgt)} | {recipe['rows']} | {recipe['ua']:.1f} | "
+                     f"{cells['recipe, per-corpus z']['ua']:.1f} | "
+                     f"{cells['layer 3 + LR']['ua']:.1f} | {floor:.1f} | "
+                     f"{'yes' if recipe['fell_back'] else 'no'} |")
+    lines.append("| **mean [95 % CI]** | | " + " | ".join(
+        f"**{_ci(values[label])}**" for label, _, _ in VARIANT_ROWS) + " | | |")
+    return "\n".join([
+        f"### Stress variant: {kind} (`bench_grid.py --variant {kind}`)", "",
+        f"Every grid task with its target replaced by the `{kind}` variant of "
+        "`benchmarks/variants.py` (seeded, built with the labels, which the methods never "
+        "see); transductive, k = 0, UA %.", "", *lines, "",
+        f"Tasks where the recipe falls more than 2 points below the better of its "
+        f"per-corpus row and the frozen layer-3 reference: {len(collapses)} of "
+        f"{len(tasks(names))}" + (f" ({'; '.join(collapses)})" if collapses else "") + "."])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
@@ -276,6 +355,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--extract-only", action="store_true")
     ap.add_argument("--write", action="store_true", help="write the grid section")
+    ap.add_argument("--variant", choices=["confounded", "skewed", "few_speakers"],
+                    help="score the recipe on this stress variant of every target instead")
     args = ap.parse_args()
     import torch
 
@@ -286,6 +367,13 @@ def main() -> None:
         return
     cache = REPO / "benchmarks" / "out" / "grid.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
+    if args.variant:
+        body = variant_report(run_variant(data, names, args.variant, cache.with_name(
+            f"grid-{args.variant}.json")), names, args.variant)
+        print(body)
+        if args.write:
+            write_section(f"grid-{args.variant}", body)
+        return
     done = run_grid(data, names, args.seeds, cache)
     body = report(done, names, args.seeds)
     print(body)
