@@ -16,6 +16,7 @@ from emobridge.errors import EmobridgeError, EmobridgeWarning
 
 console = Console()
 
+# shared with ``predict --adapt``
 SpeakersOpt = Annotated[str, typer.Option(
     "--speakers", help="Speakers of the recordings: auto (estimated from speaker "
     "embeddings), none (per-corpus statistics) or a manifest COLUMN naming them.")]
@@ -92,8 +93,6 @@ def adapt(
     try:
         files, spk = inputs_and_speakers(paths, speakers)
         rec = load_recognizer(model, device)
-        if rec.bundle.memory_meta is None:
-            rec.bundle.load_memory()  # the one-line refusal, before any audio is read
         adapted, table = run_adaptation(rec, files, spk, store=store, seed=seed,
                                         show_progress=sys.stderr.isatty() if progress is None
                                         else progress)

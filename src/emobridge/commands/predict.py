@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from emobridge.commands.adapt import SeedOpt, SpeakersOpt, StoreOpt
 from emobridge.errors import ConfigError, EmobridgeError, EmobridgeWarning
 from emobridge.fileio import check_regular_file
 
@@ -48,10 +49,6 @@ def _manifest_frame(path: Path) -> tuple[list[str], Any]:
         raise ConfigError(f"manifest {path}: cannot be read ({exc})") from None
     return [x if os.path.isabs(x) or os.path.exists(x) else str(path.parent / x)
             for x in items], frame
-
-
-def _manifest_paths(path: Path) -> list[str]:
-    return _manifest_frame(path)[0]
 
 
 def collect_speakers(inputs: list[Path], column: str) -> tuple[list[str], list[str]]:
@@ -91,7 +88,7 @@ def collect_inputs(inputs: list[Path]) -> list[str]:
             found += sorted(str(p) for p in item.rglob("*")
                             if p.suffix.lower() in AUDIO_EXTENSIONS and not p.is_dir())
         elif item.suffix.lower() in MANIFEST_SUFFIXES and item.is_file():
-            found += _manifest_paths(item)
+            found += _manifest_frame(item)[0]
         else:
             found.append(str(item))
     return found
@@ -224,12 +221,7 @@ def predict(
     segment: SegmentOpt = "none", window: WindowOpt = 3.0, hop: HopOpt = 1.0,
     plot: PlotOpt = None, stats: StatsOpt = "auto", device: DeviceOpt = "cpu",
     progress: ProgressOpt = None, adapt: AdaptOpt = False,
-    speakers: Annotated[str, Opt("--speakers", help="With --adapt: auto (estimated), none "
-                                 "(per-corpus statistics) or a manifest COLUMN.")] = "auto",
-    store: Annotated[Path | None, Opt("--store", help="With --adapt: feature-store folder "
-                                      "caching the files' features.")] = None,
-    seed: Annotated[int, Opt("--seed", min=0, max=2**32 - 1, help="With --adapt: its "
-                             "seed.")] = 0,
+    speakers: SpeakersOpt = "auto", store: StoreOpt = None, seed: SeedOpt = 0,
 ) -> None:
     """Label audio files: path, duration, predicted emotion, one probability per class, and
     which statistics and adaptation produced each row."""

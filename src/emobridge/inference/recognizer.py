@@ -96,6 +96,8 @@ class Recognizer:
         self.classes: tuple[str, ...] = bundle.classes
         self.batch_size = batch_size
         self._extractor: Any = None
+        #: speaker-embedding extractors by spec (loaded once; shared with adapted recognizers)
+        self._speaker_extractors: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._add_bundle_statistics()
 
@@ -392,6 +394,7 @@ class Recognizer:
         meta = {**copy.deepcopy(self.bundle.meta), "adaptation": info}
         new = Recognizer(Bundle(self.bundle.path, method, meta), self.batch_size, self.device)
         new._extractor, new._lock = self.extractor, self._lock
+        new._speaker_extractors = self._speaker_extractors
         return new
 
     def _pool(self, sources: Sequence[AudioSource], names: Sequence[str] | None,
@@ -434,10 +437,14 @@ class Recognizer:
         from emobridge.errors import EmobridgeWarning
         from emobridge.features.registry import build_extractor
 
+        key = str(spec)
+        if key in self._speaker_extractors:
+            return self._speaker_extractors[key]
         try:
             ext = build_extractor(spec, device=self.device)
             if hasattr(ext, "load"):
                 ext.load()
+            self._speaker_extractors[key] = ext
             return ext
         except EmobridgeError as exc:
             warnings.warn(f"speakers cannot be estimated: {exc}", EmobridgeWarning,
