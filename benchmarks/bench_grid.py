@@ -2,7 +2,7 @@
 task over the corpora present, the recommended recipe beside the references and an ablation.
 
     .venv/bin/python benchmarks/bench_grid.py [--corpora ../shared/corpora] [--seeds 3]
-    .venv/bin/python benchmarks/bench_grid.py --variant confounded|skewed|few_speakers --write
+    .venv/bin/python benchmarks/bench_grid.py --variant confounded|skewed|few_speakers|short --write
 
 Protocol (named in every table): **transductive** — the whole target corpus is the
 unlabelled adaptation pool and the test set, so every target utterance is tested exactly once
@@ -80,18 +80,27 @@ def task_name(src: tuple[str, ...], tgt: str) -> str:
     return f"{src[0]} -> {tgt}" if len(src) == 1 else f"all others -> {tgt}"
 
 
-def load_data(corpora: Path, names: list[str], store: Path) -> dict[str, dict]:
-    """EmotionData per corpus and feature variant (raw layer 3, RMS layers 2-4, RMS layer 3)."""
+def load_data(corpora: Path, names: list[str], store: Path, short: bool = False
+              ) -> dict[str, dict]:
+    """EmotionData per corpus and feature variant (raw layer 3, RMS layers 2-4, RMS layer 3;
+    with ``short``, also ``raw_short`` / ``rms_short``: the loudest 1-s window of every
+    utterance, ``variants.short_manifest``)."""
     from emobridge.methods import EmotionData
     from emobridge.methods.recommended import RECIPE_FEATURES
+    from variants import short_manifest
 
     manifests = {n: load_manifest(corpora, n) for n in names}
+    if short:
+        manifests |= {f"{n}_short": short_manifest(manifests[n], REPO / "benchmarks" / "out"
+                                                   / "short" / n) for n in names}
     classes = ("anger", "happiness", "neutral", "sadness")
     out: dict[str, dict] = {n: {} for n in names}
     for variant, spec in (("raw", RAW_L3), ("rms", RECIPE_FEATURES)):
         feats = extract_features(store, manifests, spec)
-        for n in names:
-            out[n][variant] = EmotionData.from_manifest(manifests[n], feats[n], classes)
+        for name, m in manifests.items():
+            corpus, cut = name.removesuffix("_short"), name.endswith("_short")
+            out[corpus][variant + "_short" * cut] = EmotionData.from_manifest(
+                m, feats[name], classes)
     for n in names:  # layer 3 of the recipe's features: the middle 512-dim block
         d = out[n]["rms"]
         out[n]["rms3"] = type(d)([f[512:1024] for f in d.features], d.labels, d.speakers,
@@ -278,14 +287,15 @@ VARIANT_ROWS = [("recipe", "rms", {}),
 
 
 def score_rows(data: dict, src: tuple[str, ...], tgt: str, feature: str, params: dict,
-               rows: np.ndarray) -> tuple[float, float]:
+               rows: np.ndarray, cut: bool = False) -> tuple[float, float]:
     """UA of the recipe (``params``) on the target's ``rows`` only (transductive: they are
-    the unlabelled pool and the test set), and its seconds."""
+    the unlabelled pool and the test set), and its seconds; ``cut``: the target's 1-s
+    windows (the sources stay whole)."""
     from emobridge.methods import EmotionData, build_method
     from emobridge.metrics import unweighted_average_recall
 
     source = EmotionData.concat([data[s][feature] for s in src])
-    target = data[tgt][feature].subset(rows)
+    target = data[tgt][feature + "_short" * cut].subset(rows)
     t0 = time.perf_counter()
     fitted = build_method("recommended", seed=0, **params).fit(source, target.without_labels())
     pred = fitted.predict(target)
@@ -308,7 +318,8 @@ def run_variant(data: dict, names: list[str], kind: str, cache: Path) -> dict:
                 continue
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                ua, secs = score_rows(data, src, tgt, feature, params, rows)
+                ua, secs = score_rows(data, src, tgt, feature, params, rows,
+                                      cut=kind == "short")
             fell_back = any("normalising per corpus instead" in str(w.message) for w in caught)
             done[key] = {"ua": ua, "seconds": secs, "rows": len(rows), "fell_back": fell_back}
             write_text_atomic(cache, json.dumps(done))
@@ -341,8 +352,12 @@ def variant_report(done: dict, names: list[str], kind: str) -> str:
     return "\n".join([
         f"### Stress variant: {kind} (`bench_grid.py --variant {kind}`)", "",
         f"Every grid task with its target replaced by the `{kind}` variant of "
-        "`benchmarks/variants.py` (seeded, built with the labels, which the methods never "
-        "see); transductive, k = 0, UA %.", "", *lines, "",
+        "`benchmarks/variants.py` (" + ("each target utterance cut to its loudest 1-s "
+                                        "window; the sources stay whole" if kind == "short"
+                                        else "seeded, built with the labels, which the "
+                                        "methods never see") + "); transductive, k = 0, "
+        "UA %. The recipe's fallback to per-corpus statistics is its own label-free "
+        "decision (`normalise=\"auto\"`).", "", *lines, "",
         f"Tasks where the recipe falls more than 2 points below the better of its "
         f"per-corpus row and the frozen layer-3 reference: {len(collapses)} of "
         f"{len(tasks(names))}" + (f" ({'; '.join(collapses)})" if collapses else "") + "."])
@@ -355,14 +370,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--extract-only", action="store_true")
     ap.add_argument("--write", action="store_true", help="write the grid section")
-    ap.add_argument("--variant", choices=["confounded", "skewed", "few_speakers"],
+    ap.add_argument("--variant", choices=["confounded", "skewed", "few_speakers", "short"],
                     help="score the recipe on this stress variant of every target instead")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
     names = [n for n in CORPORA if (args.corpora / FOLDERS.get(n, n)).is_dir()]
-    data = load_data(args.corpora, names, args.store)
+    data = load_data(args.corpora, names, args.store, short=args.variant == "short")
     if args.extract_only:
         return
     cache = REPO / "benchmarks" / "out" / "grid.json"

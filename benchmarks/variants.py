@@ -9,17 +9,22 @@ every speaker shows every emotion in nearly equal shares. Real targets are not l
   talk shows; every class stays in the corpus;
 - ``skewed``: unequal class shares (50 / 25 / 15 / 10 %), ``rotate`` choosing which class
   is largest;
-- ``few_speakers``: two speakers only (seeded choice among the speakers with every class).
-
-Short utterances (a 1-s window of each) need new audio, not a row selection, and are not
-built here.
+- ``few_speakers``: two speakers only (seeded choice among the speakers with every class);
+- ``short``: every utterance cut to its loudest 1-s window (the window of highest RMS on a
+  10-ms grid: a window of speech, not of the leading silence), as with isolated words or
+  back-channels; utterances shorter than 1 s are kept whole. This one writes new audio
+  (:func:`short_manifest`), cached as FLAC under ``benchmarks/out/short``.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-VARIANTS = ("confounded", "skewed", "few_speakers")
+import numpy as np
+import pandas as pd
+
+VARIANTS = ("confounded", "skewed", "few_speakers", "short")
+ROW_VARIANTS = VARIANTS[:3]
 SKEWED_SHARES = (0.50, 0.25, 0.15, 0.10)
 
 
@@ -71,4 +76,41 @@ def variant_rows(kind: str, labels: np.ndarray, speakers: np.ndarray, n_classes:
         return skewed(labels, n_classes, rotate=rotate, seed=seed)
     if kind == "few_speakers":
         return few_speakers(labels, speakers, n_classes, seed=seed)
+    if kind == "short":  # the audio changes, not the rows
+        return np.arange(len(labels))
     raise SystemExit(f"unknown variant {kind!r}; known: {', '.join(VARIANTS)}")
+
+
+def loudest_window(audio: np.ndarray, sample_rate: int, seconds: float = 1.0,
+                   hop_s: float = 0.01) -> np.ndarray:
+    """The ``seconds``-long window of ``audio`` with the highest energy, its start on a
+    ``hop_s`` grid (the whole signal when it is shorter)."""
+    width = int(round(seconds * sample_rate))
+    if len(audio) <= width:
+        return audio
+    energy = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
+    starts = np.arange(0, len(audio) - width + 1, max(1, int(hop_s * sample_rate)))
+    best = starts[np.argmax(energy[starts + width] - energy[starts])]
+    return audio[best:best + width]
+
+
+def short_manifest(manifest: pd.DataFrame, folder: Path, seconds: float = 1.0
+                   ) -> pd.DataFrame:
+    """``manifest`` with every file replaced by its loudest ``seconds`` window, written (once)
+    as FLAC under ``folder``; ids, speakers and labels unchanged."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = manifest.copy()
+    paths, durations = [], []
+    for i, path in enumerate(manifest["path"]):
+        target = folder / f"{i:05d}-{Path(path).stem}.flac"
+        if not target.exists():
+            audio, rate = sf.read(path, dtype="float32", always_2d=True)
+            cut = loudest_window(audio.mean(axis=1), rate, seconds)
+            sf.write(target.with_suffix(".tmp.flac"), cut, rate)
+            target.with_suffix(".tmp.flac").replace(target)
+        paths.append(str(target))
+        durations.append(sf.info(target).duration)
+    out["path"], out["duration_s"] = paths, durations
+    return out

@@ -133,6 +133,9 @@ def test_recommended_is_the_default_method(experiment, capsys):
     assert main(args) == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "recommended" and metrics["test"]["ua"] > 0.5
+    # the data-driven choices of the fit are recorded in the results and on the card
+    assert metrics["fit_report"] == {"normalisation": "per_corpus"}
+    assert load_bundle(out / "model").card["fit_report"] == metrics["fit_report"]
     assert json.loads((out / "config.json").read_text())["params"]["rounds"] == \
         [0.2, 0.4, 0.6, 0.8]
     # the bundle keeps its source vectors, so it can adapt to a user's folder

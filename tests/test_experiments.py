@@ -101,6 +101,7 @@ def test_cell_files_and_report(first_run) -> None:
     assert set(target["per_class"]) == {"anger", "happiness", "neutral", "sadness"}
     assert metrics["source"]["n"] > 0  # a source test speaker gives the source-language UA
     assert len(metrics["history"]) >= 1 and "loss" in metrics["history"][0]
+    assert metrics["fit_report"] == {}  # a neural method makes no data-driven choice
     assert metrics["sizes"]["target_labelled"] == metrics["sizes"]["target_train"]["utterances"]
     assert -1 <= metrics["silhouette"]["emotion"] <= 1
     # Speaker independence: no test speaker was seen in training.

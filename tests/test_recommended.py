@@ -61,13 +61,50 @@ def test_auto_normalisation_refuses_per_speaker_on_confounded_target():
     rng = np.random.default_rng(1)
     src, _ = _domain(rng, "aa", 8, 10, shift=0.0)
     tgt, _ = _domain(np.random.default_rng(1), "bb", 8, 10, shift=1.0, confound=True)
-    with pytest.warns(EmobridgeWarning, match="per-speaker normalisation would erase"):
+    with pytest.warns(EmobridgeWarning, match="per-speaker normalisation could erase"):
         method = build_method("recommended").fit(src, tgt.without_labels())
     assert method.normalisation_ == "per_corpus"
+    report = method.fit_report()
+    assert report["normalisation"] == "per_corpus" and report["fell_back"].startswith(
+        "the target data")
+    assert report["target_speaker_association"] > 0.5 and report[
+        "labelled_speaker_association"] < 0.1
     forced = build_method("recommended", normalise="per_speaker").fit(src, tgt.without_labels())
     ua_auto = unweighted_average_recall(tgt.labels, method.predict(tgt))
     ua_forced = unweighted_average_recall(tgt.labels, forced.predict(tgt))
     assert ua_auto > ua_forced + 0.2  # per-speaker z-scoring erased the emotion
+
+
+def test_speaker_association_is_bias_corrected():
+    from emobridge.methods.recommended import speaker_association
+
+    rng = np.random.default_rng(5)
+    balanced = np.repeat(np.arange(6), 40), np.tile(np.arange(4), 60)
+    assert speaker_association(*balanced) == 0.0
+    one_each = np.repeat(np.arange(8), 10), np.repeat(np.arange(8) % 4, 10)
+    assert speaker_association(*one_each) > 0.95
+    # many small speakers with random classes: the raw V is large, the corrected one is not
+    speakers, labels = np.repeat(np.arange(60), 8), rng.integers(0, 4, 480)
+    assert speaker_association(speakers, labels) < 0.15
+    assert speaker_association(speakers, labels, least=9) == 0.0  # nobody large enough
+
+
+def test_association_catches_a_confound_the_top_share_misses():
+    """Each speaker keeps 12 of its 21 utterances in one class (rotating): the median top
+    share (0.57) stays under ``confound_share``, the association (0.38) does not."""
+    rng = np.random.default_rng(6)
+    src, _ = _domain(rng, "aa", 8, 10, shift=0.0)
+    spk = np.repeat(np.arange(8), 21)
+    labels = np.concatenate([np.r_[np.full(12, s % 4), np.repeat(
+        [c for c in range(4) if c != s % 4], 3)] for s in range(8)])
+    lab = EmotionData(src.features[:len(spk)], labels, spk.astype(str),
+                      src.languages[:len(spk)], src.ids[:len(spk)], CLASSES)
+    method = build_method("recommended")
+    with pytest.warns(EmobridgeWarning, match="Cramer's V"):
+        assert method.choose_normalisation([lab], None) == "per_corpus"
+    assert method.fit_report()["labelled_top_share"] < 0.6
+    assert build_method("recommended", confound_association=0.9).choose_normalisation(
+        [lab], None) == "per_speaker"
 
 
 def test_k_labelled_and_no_target():

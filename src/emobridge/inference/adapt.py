@@ -218,6 +218,7 @@ def adapt_method(bundle: Any, features: Sequence[np.ndarray], ids: Sequence[str]
     info = {"files": n, "hours": round(float(np.sum(durations_s)) / 3600, 4),
             "file_list_sha256": file_list_digest(ids), "speakers": spk_info,
             "normalisation": getattr(method, "normalisation_", None),
+            "fit_report": method.fit_report(),
             "target_statistics": "per speaker" if getattr(method, "normalisation_", None)
             == "per_speaker" and any(not str(x).startswith("utt-") for x in target.speakers)
             else "domain",

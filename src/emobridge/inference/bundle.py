@@ -96,6 +96,8 @@ class Bundle:
                     k: memory.get(k) for k in ("utterances", "dims", "dtype", "bytes",
                                                "speaker_features")},
                 **self.meta.get("card", {})}
+        if fit_report := self.meta["method"].get("state", {}).get("fit_report"):
+            card["fit_report"] = fit_report  # choices the fit made from the data
         if self.adaptation is not None:
             card["adaptation"] = self.adaptation
         return card

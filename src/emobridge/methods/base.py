@@ -72,6 +72,12 @@ class AdaptationMethod(ABC):
     def embed(self, data: EmotionData) -> np.ndarray:
         """The representation the classifier sees, ``(len(data), d)``, for plots."""
 
+    def fit_report(self) -> dict[str, Any]:
+        """JSON-ready choices the last :meth:`fit` made from the data (e.g. a fallback and
+        the statistics behind it); recorded in a cell's results and a bundle's card. Empty
+        for methods that make none."""
+        return dict(getattr(self, "fit_report_", {}) or {})
+
     def save(self, directory: str | Path) -> Path:
         """Write ``method.json`` and ``model.safetensors`` (the method's ``get_state``) to
         ``directory``, atomically per file; nothing is pickled."""

@@ -216,7 +216,8 @@ def fit_and_evaluate(method: AdaptationMethod, data: ExperimentData,
     evaluate`: UA, WA, macro-F1, UA bootstrap CI, confusion, per class), ``source`` (same,
     on held-out source test speakers, or ``None``), ``validation`` (without CI, or
     ``None``), ``missing_classes`` (test classes without utterances), ``history``,
-    ``best_epoch``, ``test_proba`` and ``source_pred`` (arrays).
+    ``best_epoch``, ``fit_report`` (:meth:`AdaptationMethod.fit_report`), ``test_proba`` and
+    ``source_pred`` (arrays).
     """
     from emobridge.metrics import evaluate
 
@@ -237,6 +238,7 @@ def fit_and_evaluate(method: AdaptationMethod, data: ExperimentData,
     if data.validation is not None:
         out["validation"] = evaluate(data.validation.labels, method.predict_proba(
             data.validation), data.classes, ci=False)
+    out["fit_report"] = method.fit_report()
     out["history"] = list(getattr(method, "history_", None) or [])
     out["best_epoch"] = getattr(getattr(method, "train_result_", None), "best_epoch", None)
     return out
