@@ -95,12 +95,15 @@ def test_given_speakers_and_auto_fallback(bundle, recordings):
     paths, _ = recordings
     rec = Recognizer.load(bundle)
     ids = [p.name.split("_")[0] for p in paths]
-    _, table = rec.adapt_predict(paths, speakers=ids)
+    given, table = rec.adapt_predict(paths, speakers=ids)
     assert set(table["speaker"]) == {"u0", "u1"} and set(table["stats"]) == {"per speaker"}
+    # real speakers keep the recipe's association test; estimated voice groups do not
+    assert "confound_association" not in given.adaptation["overrides"]
     with pytest.raises(EmobridgeError, match="3 ids for 48"):
         rec.adapt_predict(paths, speakers=ids[:3])
     one_voice = rec.adapt_predict(paths[:24], speakers="auto")  # one 'speaker' (u0)
     assert any("single group" in w for w in one_voice[1].attrs["warnings"])
+    assert one_voice[0].adaptation["overrides"]["confound_association"] == 1.0
 
 
 def test_guards_dominant_class_and_far_recordings(bundle, tmp_path):
