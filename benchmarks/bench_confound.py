@@ -10,11 +10,11 @@ per-corpus statistics forced, and computes the two label-free statistics that
 ``normalise="auto"`` reads from a per-corpus first model's predictions on the target: the
 median speaker's top class share and the bias-corrected Cramer's V between speaker and
 predicted class (:func:`emobridge.methods.recommended.speaker_association`). The rule is
-"per corpus when share > 0.6 or V > t". ``t`` is chosen leave-one-corpus-out: for each
-target corpus, the t (0.10-0.79) that maximises the mean UA over every task and variant
-whose target is one of the other four corpora, then scored on the tasks of the held-out
-corpus; the nested estimate is reported beside the shipped value. Target labels only
-build the variants and score.
+"per corpus when share > 0.6 or (V > t and the chi-square test gives p < 0.001)". ``t`` is
+chosen leave-one-corpus-out: for each target corpus, the t (0.10-0.79) that maximises the
+mean UA over every task and variant whose target is one of the other four corpora, then
+scored on the tasks of the held-out corpus; the nested estimate is reported beside the
+shipped value. Target labels only build the variants and score.
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ def measure(data: dict, names: list[str], cache: Path) -> dict:
             first = build_method("recommended", rounds=[], normalise="per_corpus").fit(
                 source, target.without_labels())
             predicted = first.predict(target)
+            association = speaker_association(target.speakers, predicted, 8)
             rec = {"tgt": tgt, "kind": kind,
                    "share": _median_top_share(target.speakers, predicted, 8),
-                   "association": speaker_association(target.speakers, predicted, 8)}
+                   "association": association.v, "p": association.p}
             for norm in ("per_speaker", "per_corpus"):
                 fitted = build_method("recommended", normalise=norm).fit(
                     source, target.without_labels())
@@ -71,7 +72,9 @@ def measure(data: dict, names: list[str], cache: Path) -> dict:
 
 
 def rule_ua(rec: dict, t: float) -> float:
-    falls_back = rec["share"] > 0.6 or rec["association"] > t
+    from emobridge.methods.recommended import CONFOUND_P_VALUE
+
+    falls_back = rec["share"] > 0.6 or (rec["association"] > t and rec["p"] < CONFOUND_P_VALUE)
     return rec["per_corpus" if falls_back else "per_speaker"]
 
 

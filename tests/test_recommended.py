@@ -80,13 +80,16 @@ def test_speaker_association_is_bias_corrected():
 
     rng = np.random.default_rng(5)
     balanced = np.repeat(np.arange(6), 40), np.tile(np.arange(4), 60)
-    assert speaker_association(*balanced) == 0.0
+    assert speaker_association(*balanced) == (0.0, 1.0)
     one_each = np.repeat(np.arange(8), 10), np.repeat(np.arange(8) % 4, 10)
-    assert speaker_association(*one_each) > 0.95
+    assert speaker_association(*one_each).v > 0.95 and speaker_association(*one_each).p < 1e-6
     # many small speakers with random classes: the raw V is large, the corrected one is not
     speakers, labels = np.repeat(np.arange(60), 8), rng.integers(0, 4, 480)
-    assert speaker_association(speakers, labels) < 0.15
-    assert speaker_association(speakers, labels, least=9) == 0.0  # nobody large enough
+    assert speaker_association(speakers, labels).v < 0.15
+    assert speaker_association(speakers, labels, least=9).v == 0.0  # nobody large enough
+    # a strong association in a handful of utterances is not significant
+    few = speaker_association(np.repeat([0, 1], 6), np.r_[[0, 0, 0, 0, 1, 2], [1, 1, 1, 1, 0, 3]])
+    assert few.v > 0.37 and few.p > 1e-3
 
 
 def test_association_catches_a_confound_the_top_share_misses():

@@ -27,16 +27,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    recall_score,
-    silhouette_score,
-)
 
 from emobridge.errors import EmobridgeError
+
+# scikit-learn is imported inside the functions that use it: loading a model to predict
+# imports this module (through the training code) and needs none of it (about 1 s).
 
 __all__ = [
     "MetricError",
@@ -123,12 +118,14 @@ def unweighted_average_recall(y_true: Any, y_pred: Any, n_classes: int | None = 
     ``n_classes`` only validates that labels are class indices below it.
     """
     t, p = _pair(y_true, y_pred, n_classes)
+    from sklearn.metrics import recall_score
     return float(recall_score(t, p, labels=np.unique(t), average="macro", zero_division=0))
 
 
 def weighted_accuracy(y_true: Any, y_pred: Any, n_classes: int | None = None) -> float:
     """WA: the share of utterances predicted correctly (:func:`sklearn.metrics.accuracy_score`)."""
     t, p = _pair(y_true, y_pred, n_classes)
+    from sklearn.metrics import accuracy_score
     return float(accuracy_score(t, p))
 
 
@@ -140,6 +137,7 @@ def macro_f1(y_true: Any, y_pred: Any, n_classes: int | None = None) -> float:
     validates the labels.
     """
     t, p = _pair(y_true, y_pred, n_classes)
+    from sklearn.metrics import f1_score
     return float(f1_score(t, p, average="macro", zero_division=0))
 
 
@@ -162,6 +160,7 @@ def confusion(
     with warnings.catch_warnings():
         # sklearn warns when a row / column sums to 0; that row stays 0, as documented.
         warnings.simplefilter("ignore", RuntimeWarning)
+        from sklearn.metrics import confusion_matrix
         cm = confusion_matrix(t, p, labels=np.arange(int(n_classes)), normalize=normalise)
     return cm.astype(np.int64) if normalise is None else cm
 
@@ -176,6 +175,7 @@ def per_class_report(y_true: Any, y_pred: Any, classes: Sequence[str]) -> pd.Dat
     """
     classes = [str(c) for c in classes]
     t, p = _pair(y_true, y_pred, len(classes))
+    from sklearn.metrics import precision_recall_fscore_support
     precision, recall, f1, support = precision_recall_fscore_support(
         t, p, labels=np.arange(len(classes)), zero_division=np.nan)
     return pd.DataFrame(
@@ -409,5 +409,6 @@ def silhouette_by_label(
     n_labels = len(np.unique(y))
     if n_labels < 2 or n_labels >= len(x):
         return float("nan")
+    from sklearn.metrics import silhouette_score
     return float(silhouette_score(x, y, metric=metric, sample_size=sample_size,
                                   random_state=seed))

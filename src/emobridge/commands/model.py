@@ -4,6 +4,7 @@ without ``--model``)."""
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,3 +56,30 @@ def info(
         console.print(text.read_text(encoding="utf-8"), highlight=False, markup=False)
     for line in card_lines(card):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+@app.command("export")
+def export(
+    model: Annotated[Path | None, typer.Argument(
+        help="Model bundle folder (default: the model shipped with emobridge).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Export folder (new or empty, or "
+                                      "an earlier export).")] = ...,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="Export format.")] = (
+        ExportFormat.onnx),
+) -> None:
+    """Write the bundle's encoder and head as ONNX with a runner that needs only
+    onnxruntime, numpy, soundfile and soxr (``python DIR/emobridge_onnx.py DIR FILE...``).
+    The export is checked against the torch path before it is kept."""
+    from emobridge.inference.export import export_onnx
+    from emobridge.inference.recognizer import Recognizer
+
+    rec = Recognizer.load(model) if model is not None else Recognizer.default()
+    manifest = export_onnx(rec, out)
+    sizes = sum((out / name).stat().st_size for name in manifest["sha256"]) / 1e6
+    console.print(f"exported {rec.bundle.path} -> {out} ({sizes:.1f} MB; largest "
+                  f"difference to the torch path {manifest['max_difference']:.1g})",
+                  highlight=False)

@@ -248,8 +248,7 @@ class Recognizer:
         if use == "domain":
             yield from self._predict_domain(paths, on_item)
             return
-        for start in range(0, len(paths), self.batch_size):
-            read = self._read_batch(paths[start:start + self.batch_size], on_item)
+        for read in self._read_batches(paths, on_item):
             ok = [(p, w) for p, w in read if isinstance(w, np.ndarray)]
             probs = iter(self.proba(self.features([w for _, w in ok])) if ok else [])
             for path, wave in read:
@@ -271,6 +270,24 @@ class Recognizer:
                                  f"got {n_files}; use the bundle's statistics")
         return stats
 
+    def _read_batches(self, paths: Sequence[str], on_item: Callable[[], None] | None
+                      ) -> Iterator[list[tuple[str, np.ndarray | str]]]:
+        """:meth:`_read_batch` over ``paths`` in batches, in order; the next batch is decoded
+        in a worker thread while the caller encodes this one (libsndfile and soxr release
+        the GIL), so decoding hides behind the encoder."""
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emobridge-read") as pool:
+            pending: Future | None = None
+            for start in range(0, len(paths), self.batch_size):
+                ahead = pool.submit(self._read_batch, paths[start:start + self.batch_size],
+                                    on_item)
+                if pending is not None:
+                    yield pending.result()
+                pending = ahead
+            if pending is not None:
+                yield pending.result()
+
     def _read_batch(self, paths: Sequence[str], on_item: Callable[[], None] | None
                     ) -> list[tuple[str, np.ndarray | str]]:
         out: list[tuple[str, np.ndarray | str]] = []
@@ -289,8 +306,7 @@ class Recognizer:
         kept), then predictions with the statistics of them all."""
         outcomes: list[tuple[str, float | str]] = []
         feats: list[np.ndarray] = []
-        for start in range(0, len(paths), self.batch_size):
-            read = self._read_batch(paths[start:start + self.batch_size], on_item)
+        for read in self._read_batches(paths, on_item):
             ok = [w for _, w in read if isinstance(w, np.ndarray)]
             feats += self.features(ok) if ok else []
             outcomes += [(p, len(w) / self.sample_rate_hz if isinstance(w, np.ndarray) else w)

@@ -40,7 +40,7 @@ pseudo-labels use the target pool the caller passes as ``target_unlabelled``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -82,7 +82,8 @@ class Recommended(AdaptationMethod):
     confound_association:
         ``"auto"``: speakers also count as confounded when the bias-corrected Cramer's V
         between speaker and class (same labels / predictions, speakers with at least
-        ``min_speaker_utterances``) exceeds this (0: independent, 1: each speaker one class).
+        ``min_speaker_utterances``) exceeds this (0: independent, 1: each speaker one class)
+        and the chi-square test rejects independence (p < :data:`CONFOUND_P_VALUE`).
         Acted corpora, where every speaker shows every emotion, measure 0.09-0.34 on the
         predictions of a cross-lingual first model (speaker bias of that model); targets
         whose speakers keep 56-81 % of one class measure 0.00-0.68, mostly above 0.35.
@@ -92,6 +93,11 @@ class Recommended(AdaptationMethod):
         labelled data and by a per-corpus first model's posteriors on the target, so that a
         speaker who shows mostly one emotion does not have it subtracted
         (:class:`~emobridge.methods.normalise.FeatureNormaliser`).
+    labelled_weight:
+        Weight of each labelled target utterance (``target_labelled``) against a source
+        utterance in every fit (class balancing applies on top). 10 was chosen
+        leave-one-corpus-out on the grid's k = 25 tasks among 1, 3, 10 and 30 (every fold
+        chose 10; RESULTS.md, "labelled-weight").
     max_iter:
         Iterations of each logistic regression.
     seed:
@@ -112,6 +118,7 @@ class Recommended(AdaptationMethod):
         confound_share: float = 0.6,
         confound_association: float = 0.37,
         speaker_statistics: SpeakerStatistics = "plain",
+        labelled_weight: float = 10.0,
         max_iter: int = 2000,
         seed: int = 0,
     ) -> None:
@@ -130,6 +137,9 @@ class Recommended(AdaptationMethod):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"recommended: {name} must be in (0, 1], got "
                                   f"{getattr(self, name)!r}")
+        if not (np.isfinite(self.labelled_weight) and self.labelled_weight > 0):
+            raise ConfigError(f"recommended: labelled_weight must be a finite number > 0, "
+                              f"got {self.labelled_weight!r}")
 
     def check_features(self, output: Literal["frames", "vector"], dim: int | None) -> None:
         """One vector per utterance whose ``dim`` (when known) splits into ``views`` blocks."""
@@ -187,7 +197,8 @@ class Recommended(AdaptationMethod):
         return weights
 
     # -- the recipe ----------------------------------------------------------------------
-    def _fit_blocks(self, blocks: list[np.ndarray], labels: np.ndarray) -> list:
+    def _fit_blocks(self, blocks: list[np.ndarray], labels: np.ndarray,
+                    weights: np.ndarray | None = None) -> list:
         """One logistic regression per block, the blocks side by side in threads, each on
         a single-threaded BLAS: on these shapes (thousands x 512) a multi-threaded BLAS
         spends most of its time synchronising (measured: 12x slower on 2 cores), and the
@@ -200,7 +211,8 @@ class Recommended(AdaptationMethod):
 
         def fit(block: np.ndarray) -> LogisticRegression:
             return LogisticRegression(C=self.C, class_weight="balanced",
-                                      max_iter=self.max_iter).fit(block, labels)
+                                      max_iter=self.max_iter).fit(block, labels,
+                                                                  sample_weight=weights)
 
         workers = max(1, min(len(blocks), os.cpu_count() or 1))
         with threadpool_limits(limits=1, user_api="blas"), \
@@ -245,7 +257,9 @@ class Recommended(AdaptationMethod):
             self._speaker_weights(labelled, target, posteriors))
         train = EmotionData.concat(labelled)
         blocks, labels = self._blocks(train), train.labels
-        self.models_ = self._fit_blocks(blocks, labels)
+        weights = np.concatenate([np.full(len(d), 1.0 if d is source else self.labelled_weight)
+                                  for d in labelled])
+        self.models_ = self._fit_blocks(blocks, labels, weights)
         self.pseudo_labels_: list[dict[str, float]] = []
         #: the target pool's predicted class shares before each round and after the last
         self.target_shares_: list[list[float]] = []
@@ -256,7 +270,7 @@ class Recommended(AdaptationMethod):
                 rows, pseudo = self._balanced_pick(proba, fraction)
                 self.models_ = self._fit_blocks(
                     [np.vstack([b, t[rows]]) for b, t in zip(blocks, tblocks, strict=True)],
-                    np.concatenate([labels, pseudo]))
+                    np.concatenate([labels, pseudo]), np.r_[weights, np.ones(len(rows))])
                 self.pseudo_labels_.append({"fraction": float(fraction), "rows": len(rows)})
                 self.target_shares_.append(_shares(proba))
             self.target_shares_.append(_shares(self._proba(self.models_, tblocks)))
@@ -291,12 +305,12 @@ class Recommended(AdaptationMethod):
         share = _median_top_share(speakers, labels, least)
         association = speaker_association(speakers, labels, least)
         self.fit_report_[f"{where}_top_share"] = round(share, 4)
-        self.fit_report_[f"{where}_speaker_association"] = round(association, 4)
+        self.fit_report_[f"{where}_speaker_association"] = round(association.v, 4)
         if share > self.confound_share:
             return f"the median speaker has {share:.0%} of its utterances in one class"
-        if association > self.confound_association:
-            return (f"speaker and class are associated (Cramer's V {association:.2f} > "
-                    f"{self.confound_association})")
+        if association.v > self.confound_association and association.p < CONFOUND_P_VALUE:
+            return (f"speaker and class are associated (Cramer's V {association.v:.2f} > "
+                    f"{self.confound_association}, p = {association.p:.1g})")
         return None
 
     # -- prediction and persistence ------------------------------------------------------
@@ -334,8 +348,6 @@ class Recommended(AdaptationMethod):
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray],
                    device: str | None = None) -> Recommended:
         """Rebuild from :meth:`get_state`'s output (``device`` is ignored: CPU only)."""
-        from sklearn.linear_model import LogisticRegression
-
         from emobridge.methods.state import normaliser_from_state
 
         if meta.get("method") != cls.name:
@@ -348,14 +360,37 @@ class Recommended(AdaptationMethod):
             method.normaliser_ = normaliser_from_state(meta["normaliser"], arrays)
             method.models_ = []
             for i in range(int(method.views)):
-                lr = LogisticRegression()
-                lr.coef_ = np.asarray(arrays[f"view.{i}.coef"], dtype=np.float64)
-                lr.intercept_ = np.asarray(arrays[f"view.{i}.intercept"], dtype=np.float64)
-                lr.classes_ = np.asarray(arrays[f"view.{i}.classes"], dtype=np.int64)
-                method.models_.append(lr)
+                method.models_.append(LinearSoftmax(arrays[f"view.{i}.coef"],
+                                                    arrays[f"view.{i}.intercept"],
+                                                    arrays[f"view.{i}.classes"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise EmobridgeError(f"recommended: saved state is incomplete ({exc})") from None
         return method
+
+
+class LinearSoftmax:
+    """A fitted logistic regression's ``predict_proba`` from its saved coefficients, in
+    numpy (softmax of the scores; a sigmoid for one score, as scikit-learn's binary case):
+    a recipe loaded to predict needs no scikit-learn, whose import cost about 1 s of every
+    start-up."""
+
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray) -> None:
+        self.coef_ = np.asarray(coef, dtype=np.float64)
+        self.intercept_ = np.asarray(intercept, dtype=np.float64)
+        self.classes_ = np.asarray(classes, dtype=np.int64)
+        if self.coef_.ndim != 2 or self.intercept_.shape != (self.coef_.shape[0],) or len(
+                self.classes_) != max(2, self.coef_.shape[0]):
+            raise ValueError(f"inconsistent classifier shapes {self.coef_.shape}, "
+                             f"{self.intercept_.shape}, {self.classes_.shape}")
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        scores = np.asarray(x, dtype=np.float64) @ self.coef_.T + self.intercept_
+        if scores.shape[1] == 1:
+            positive = 1.0 / (1.0 + np.exp(-scores))
+            return np.hstack([1.0 - positive, positive])
+        scores -= scores.max(axis=1, keepdims=True)
+        exp = np.exp(scores)
+        return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _shares(proba: np.ndarray) -> list[float]:
@@ -379,11 +414,25 @@ def _median_top_share(speakers: np.ndarray, labels: np.ndarray, least: int = 1) 
     return float(np.median(shares)) if shares else 0.0
 
 
-def speaker_association(speakers: np.ndarray, labels: np.ndarray, least: int = 1) -> float:
+#: The association test also needs the chi-square test of independence to reject at this
+#: level, so a handful of utterances cannot look confounded by chance.
+CONFOUND_P_VALUE = 1e-3
+
+
+class Association(NamedTuple):
+    """Speaker-class association: bias-corrected Cramer's V and the chi-square p-value."""
+
+    v: float
+    p: float
+
+
+def speaker_association(speakers: np.ndarray, labels: np.ndarray, least: int = 1
+                        ) -> Association:
     """Bias-corrected Cramer's V (Bergsma 2013) between speaker and class over the speakers
-    with at least ``least`` utterances: 0 when every speaker shows the classes in the same
-    proportions, 1 when each speaker shows one class. The correction removes the upward bias
-    of few utterances per speaker, so many small speakers do not look confounded."""
+    with at least ``least`` utterances, with the p-value of the chi-square test of
+    independence: V is 0 when every speaker shows the classes in the same proportions and 1
+    when each speaker shows one class. The correction removes the upward bias of few
+    utterances per speaker, so many small speakers do not look confounded."""
     import pandas as pd
     from scipy.stats import chi2_contingency
 
@@ -394,11 +443,12 @@ def speaker_association(speakers: np.ndarray, labels: np.ndarray, least: int = 1
     r, k = table.shape if table.size else (0, 0)
     n = int(table.sum())
     if r < 2 or k < 2 or n < 3:
-        return 0.0
-    chi2 = chi2_contingency(table, correction=False)[0]
+        return Association(0.0, 1.0)
+    chi2, p_value = chi2_contingency(table, correction=False)[:2]
     phi2 = max(0.0, chi2 / n - (k - 1) * (r - 1) / (n - 1))
     r_corr, k_corr = r - (r - 1) ** 2 / (n - 1), k - (k - 1) ** 2 / (n - 1)
-    return float(np.sqrt(phi2 / max(min(k_corr, r_corr) - 1, 1e-9)))
+    return Association(float(np.sqrt(phi2 / max(min(k_corr, r_corr) - 1, 1e-9))),
+                       float(p_value))
 
 
 def _confounded(where: str, why: str, report: dict[str, Any]) -> str:

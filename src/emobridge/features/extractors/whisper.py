@@ -82,6 +82,35 @@ def _usable_cpus() -> int:
 
 
 @functools.lru_cache(maxsize=2)
+@functools.cache
+def _native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (oneDNN's own check)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
+def _quantised(encoder: Any) -> Any:
+    """``encoder`` with per-channel int8 dynamic quantisation of its linear layers except
+    each layer's second feed-forward projection (``fc2``), CPU only. ``fc2`` reads the GELU
+    output, whose heavy tail int8 activations clip: quantising it too was 1.4x faster again
+    but moved pooled vectors to cosine 0.991-0.997 and the grid's recipe mean UA by -2.1
+    points; without it, 0.998-0.9999 (``benchmarks/RESULTS.md``, "encoder-paths")."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    if next(encoder.parameters()).device.type != "cpu":
+        raise FeatureError("whisper: compute_type='int8' with backend='torch' runs on the CPU "
+                           "only; use float16 on a GPU")
+    spec = {name: per_channel_dynamic_qconfig for name, module in encoder.named_modules()
+            if isinstance(module, torch.nn.Linear) and not name.endswith("fc2")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's notice that quantisation moves to torchao
+        return quantize_dynamic(encoder, spec, dtype=torch.qint8)
+
+
 def _load_ct2(model_dir: str, device: str, compute_type: str, num_threads: int) -> Any:
     """A CTranslate2 Whisper model (cached: extractors with equal settings share it)."""
     try:
@@ -120,10 +149,22 @@ class WhisperExtractor(Extractor):
         ``"none"`` (frames x dims), ``"mean"`` or ``"meanstd"``.
     compute_type:
         ``ct2``: a CTranslate2 compute type (default ``"int8"``); ``torch``: ``"float32"``
-        (default), ``"float16"`` or ``"bfloat16"``.
+        (default), ``"float16"``, ``"bfloat16"`` or ``"int8"``: dynamic int8 quantisation
+        (``torch.ao.quantization.quantize_dynamic``: per-channel int8 weights, activations
+        quantised per batch) of the linear layers but ``fc2`` (:func:`_quantised`), CPU only;
+        a different id, so cached float32 features are never mixed with int8 ones.
     input_window:
         ``"utterance"`` (encode the utterance's own length) or ``"30s"`` (zero-pad to 30 s like
         Whisper); see the module docstring.
+    cpu_bf16:
+        ``"auto"`` (default): with ``backend="torch"``, ``compute_type="float32"`` on a CPU
+        with native bfloat16 matrix units (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``:
+        AVX512-BF16 or AMX), the encoder runs under ``torch.autocast`` in bfloat16 (matrix
+        products in bfloat16 with float32 accumulation; layer norms and softmax in float32).
+        Stated tolerance, measured on EMO-DB and RAVDESS: pooled vectors at cosine >= 0.9999
+        to float32's, the grid's recipe mean UA within 0.5 points (``benchmarks/RESULTS.md``,
+        "encoder-paths"), so the id stays that of float32. ``"off"``: float32 throughout;
+        ``"on"``: bfloat16 even where it is emulated (slow). Not part of :attr:`id`.
     device, batch_size, num_threads:
         Where and how to run (not part of :attr:`id`). ``num_threads``: CTranslate2 intra-op
         threads, 0 for the usable cores (at most 4); the torch backend uses torch's global
@@ -147,7 +188,7 @@ class WhisperExtractor(Extractor):
                  input_window: Literal["utterance", "30s"] = "utterance",
                  device: str = "cpu", batch_size: int = 8, num_threads: int = 0,
                  cache_dir: str | None = None, level: str = "none",
-                 level_dbfs: float = -25.0) -> None:
+                 level_dbfs: float = -25.0, cpu_bf16: str = "auto") -> None:
         if not isinstance(model, str) or not model:
             raise FeatureError(f"whisper: model must be 'base', a folder or a hub id, "
                                f"got {model!r}")
@@ -161,6 +202,8 @@ class WhisperExtractor(Extractor):
         check_choice("whisper", "pooling", pooling, ("none", "mean", "meanstd"))
         check_choice("whisper", "input_window", input_window, ("utterance", "30s"))
         check_choice("whisper", "level", level, ("none", "rms", "peak"))
+        check_choice("whisper", "cpu_bf16", cpu_bf16, ("auto", "on", "off"))
+        self.cpu_bf16 = cpu_bf16
         if isinstance(level_dbfs, bool) or not isinstance(level_dbfs, (int, float)) \
                 or not -80 <= level_dbfs <= 0:
             raise FeatureError(f"whisper: level_dbfs must be a number of dBFS in [-80, 0], "
@@ -173,7 +216,7 @@ class WhisperExtractor(Extractor):
                                f"other layers")
         compute_type = compute_type or ("int8" if backend == "ct2" else "float32")
         check_choice("whisper", "compute_type", compute_type,
-                     _CT2_COMPUTE_TYPES if backend == "ct2" else tuple(_TORCH_DTYPES))
+                     _CT2_COMPUTE_TYPES if backend == "ct2" else (*_TORCH_DTYPES, "int8"))
         if not isinstance(batch_size, int) or batch_size < 1:
             raise FeatureError(f"whisper: batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_threads, int) or num_threads < 0:
@@ -255,13 +298,13 @@ class WhisperExtractor(Extractor):
             self._encoder = _load_ct2(str(ct2_dir), self.device, self.compute_type, threads)
             n_mels = self._encoder.n_mels
         else:
-            dtype = _TORCH_DTYPES[self.compute_type]
+            dtype = _TORCH_DTYPES.get(self.compute_type, torch.float32)
             if ct2_dir is not None:
                 encoder = WhisperEncoder.from_ct2(ct2_dir, device=self.device, dtype=dtype)
             else:
                 encoder = WhisperEncoder.from_pretrained(self.model, device=self.device,
                                                          dtype=dtype)
-            self._encoder = encoder
+            self._encoder = _quantised(encoder) if self.compute_type == "int8" else encoder
             n_mels = encoder.config.n_mels
         self._frontend = WhisperLogMel(n_mels).to(
             "cpu" if self.backend == "ct2" else self.device)
@@ -348,6 +391,13 @@ class WhisperExtractor(Extractor):
                     outputs[j] = [encoded[row]]
         return outputs
 
+    def _bf16(self) -> bool:
+        """Whether the torch encoder runs under bfloat16 autocast (``cpu_bf16``)."""
+        if self.backend != "torch" or self.compute_type != "float32" \
+                or not str(self.device).startswith("cpu") or self.cpu_bf16 == "off":
+            return False
+        return self.cpu_bf16 == "on" or _native_bf16()
+
     def _encode_torch(self, mels: list[torch.Tensor]) -> list[list[np.ndarray]]:
         encoder: WhisperEncoder = self._encoder
         all_layers = self.layer != -1
@@ -364,7 +414,8 @@ class WhisperExtractor(Extractor):
             batch = torch.stack([torch.nn.functional.pad(mels[j], (0, width - mels[j].shape[1]))
                                  for j in group]).to(self.device)
             lengths = torch.tensor([mels[j].shape[1] for j in group])
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                        enabled=self._bf16()):
                 out = encoder(batch, output_hidden_states=all_layers, lengths=lengths,
                               max_hidden_state=deepest)
             states = out.hidden_states if all_layers else (out.last_hidden_state,)
