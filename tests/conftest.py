@@ -57,3 +57,8 @@ def tone_file(tmp_path: Path):
         return write_tone(tmp_path / relative, **kwargs)
 
     return make
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--fuzz-long", action="store_true", default=False,
+                     help="run the fuzz tests (tests/fuzz) with 1,000 examples per surface")

@@ -98,3 +98,15 @@ def test_seeds_out_of_range_fail_when_the_config_loads(tmp_path, seeds):
         f"seeds: {seeds}\noutput_dir: {tmp_path / 'out'}\n")
     with pytest.raises(ConfigError, match="seeds must be in 0 .. 4294967295"):
         load_config(path)
+
+
+def test_control_characters_are_one_line_config_errors(tmp_path):
+    """Found by the fuzz tests: PyYAML's reader refused it before the error handling."""
+    from emobridge.errors import ConfigError
+    from emobridge.experiments.config import load_config
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("name: a\x1fb\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="invalid YAML: unacceptable character") as err:
+        load_config(cfg)
+    assert "\n" not in str(err.value)

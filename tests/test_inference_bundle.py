@@ -92,6 +92,26 @@ def test_wrong_format_version_and_not_a_bundle(tmp_path):
         load_bundle(tmp_path / "missing")
 
 
+def test_wrong_json_types_are_one_line_refusals(tmp_path):
+    """Found by the fuzz tests: null or mistyped keys of bundle.json crashed deep inside
+    loading (AttributeError, KeyError) instead of naming the key."""
+    folder = save_bundle(fit_tiny("recommended"), tmp_path / "b", extractor=EXTRACTOR)
+    meta = json.loads((folder / "bundle.json").read_text())
+    cases = [({"files": None}, "files must be"), ({"classes": []}, "classes must be"),
+             ({"method": {**meta["method"], "state": None}}, "method.state must be"),
+             ({"method": {"state": meta["method"]["state"]}}, "method.name must be"),
+             ({"extractor": "logmel"}, "extractor must be an object"),
+             ({"memory": [1]}, "memory must be an object or null"),
+             ({"method": {**meta["method"], "state": {**meta["method"]["state"],
+                                                      "normaliser": None}}}, "state is incomplete")]
+    for change, message in cases:
+        (folder / "bundle.json").write_text(json.dumps({**meta, **change}))
+        with pytest.raises(EmobridgeError, match=message):
+            load_bundle(folder)
+    (folder / "bundle.json").write_text(json.dumps({**meta, "card": None, "training": None}))
+    assert load_bundle(folder).card["training"] == {}  # optional keys may be null
+
+
 def test_refuses_a_folder_of_other_files_and_replaces_a_bundle(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")

@@ -596,8 +596,9 @@ def read_yaml(text: str, source: str) -> Any:
     """Parse a YAML document safely: no Python objects, no duplicate keys, nesting capped
     at :data:`MAX_YAML_DEPTH`, alias expansion capped at :data:`MAX_YAML_NODES` nodes.
     Every refusal is a :class:`ConfigError` naming ``source`` (and the line where known)."""
-    loader = _ConfigLoader(text)
+    loader = None
     try:
+        loader = _ConfigLoader(text)  # refuses control characters already (a ReaderError)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -609,10 +610,11 @@ def read_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def expand_env(data: Any, source: str, where: str = "") -> Any:

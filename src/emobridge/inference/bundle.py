@@ -91,12 +91,13 @@ class Bundle:
                 "classes": list(self.classes), "extractor": self.meta["extractor"],
                 "feature_id": self.meta.get("feature_id"),
                 "emobridge_version": self.meta.get("emobridge_version"),
-                "training": self.meta.get("training", {}),
+                "training": self.meta.get("training") or {},
                 "source_memory": None if memory is None else {
                     k: memory.get(k) for k in ("utterances", "dims", "dtype", "bytes",
                                                "speaker_features")},
-                **self.meta.get("card", {})}
-        if fit_report := self.meta["method"].get("state", {}).get("fit_report"):
+                **(self.meta.get("card") or {})}
+        if isinstance(fit_report := self.meta["method"]["state"].get("fit_report"), dict) \
+                and fit_report:
             card["fit_report"] = fit_report  # choices the fit made from the data
         if self.adaptation is not None:
             card["adaptation"] = self.adaptation
@@ -206,8 +207,33 @@ def read_bundle_meta(directory: str | Path) -> dict[str, Any]:
     for key in ("extractor", "classes", "method", "files"):
         if key not in meta:
             raise EmobridgeError(f"{path}: bundle.json lacks {key!r}")
+    _check_shape(meta, path)
     _check_files(directory, meta["files"])
     return meta
+
+
+def _check_shape(meta: Mapping[str, Any], path: Path) -> None:
+    """The JSON types every reader of ``bundle.json`` relies on (a hand-edited or damaged
+    file gets one line naming the key, not an exception deep inside loading)."""
+    def need(ok: bool, where: str, what: str) -> None:
+        if not ok:
+            raise EmobridgeError(f"{path}: {where} must be {what}")
+
+    classes = meta["classes"]
+    need(isinstance(classes, list) and bool(classes)
+         and all(isinstance(c, str) and c for c in classes), "classes",
+         "a non-empty list of class names")
+    for key in ("extractor", "method"):
+        need(isinstance(meta[key], dict), key, "an object")
+        need(isinstance(meta[key].get("name"), str), f"{key}.name", "a string")
+        need(isinstance(meta[key].get("params", {}), dict), f"{key}.params", "an object")
+    need(isinstance(meta["method"].get("state"), dict), "method.state", "an object")
+    files = meta["files"]
+    need(isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                         for k, v in files.items()),
+         "files", "an object of file names and SHA-256 digests")
+    for key in ("card", "training", "memory", "adaptation"):
+        need(meta.get(key) is None or isinstance(meta[key], dict), key, "an object or null")
 
 
 def _check_files(directory: Path, files: Mapping[str, str]) -> None:
@@ -231,7 +257,7 @@ def load_bundle(directory: str | Path, device: str | None = "cpu") -> Bundle:
     arrays = read_arrays(directory / WEIGHTS_FILE)
     try:
         method = method_from_state(meta["method"]["state"], arrays, device=device)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # malformed state
         raise EmobridgeError(f"{directory}: bundle does not describe a loadable method "
                              f"({type(exc).__name__}: {exc})") from None
     except EmobridgeError as exc:
