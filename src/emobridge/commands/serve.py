@@ -24,7 +24,8 @@ def serve(
     max_duration_s: Annotated[float, Opt("--max-duration-s",
                                          help="Longest audio accepted.")] = 600.0,
     max_concurrent: Annotated[int, Opt("--max-concurrent", min=1,
-                                       help="Inferences run at once.")] = 1,
+                                       help="Predictions run at once (and, in a lane of "
+                                       "their own, adaptation batches).")] = 1,
     max_queue: Annotated[int, Opt("--max-queue", min=0, help="Requests waiting for a slot "
                                   "before the server answers 503.")] = 8,
     timeout_s: Annotated[float, Opt("--timeout-s", help="Longest a request may wait and "

@@ -8,9 +8,10 @@ later predictions), ``GET /v1/health``, ``GET /v1/model`` (the model card) and `
 web page).
 
 Limits (:class:`ServiceLimits`): upload size (413), audio duration (413), files, bytes and
-hours of one adaptation batch (413), concurrent inferences with a bounded queue shared by
-predictions and adaptations (503 with ``Retry-After`` when full), a request timeout (504;
-adaptations have their own) and adapted domains kept in memory (a time-to-live and a count,
+hours of one adaptation batch (413), concurrent inferences with a bounded queue (503 with
+``Retry-After`` when full; adaptations run in a lane of their own, so a prediction never
+waits behind an adaptation that may take minutes), a request timeout (504; adaptations have
+their own) and adapted domains kept in memory (a time-to-live and a count,
 the oldest evicted). A bad upload gets a 4xx with ``{"error": reason}`` and the server keeps
 serving. Uploads stay in memory (Starlette spools a large part to an anonymous temporary
 file, closed and so removed when the request ends); nothing is written elsewhere.
@@ -391,23 +392,26 @@ class _Ticket:
 
 
 class _Gate:
-    """At most ``max_concurrent`` inferences at once, ``max_queue`` more waiting; the rest
-    are refused. A timed-out request keeps its slot until its thread finishes (a thread
-    cannot be stopped), so the limit holds. An adaptation batch takes its place before its
-    upload is read, and at most ``max_concurrent`` batches are held (in memory) at once."""
+    """Two lanes. Predictions: at most ``max_concurrent`` at once, ``max_queue`` more
+    waiting; the rest are refused. Adaptations: at most ``max_concurrent`` batches held (in
+    memory) at once, each taking its place before its upload is read. The lanes run side by
+    side (sharing the CPU) because an adaptation can take minutes: in one lane every
+    prediction behind it would wait, or time out. A timed-out request keeps its slot until
+    its thread finishes (a thread cannot be stopped), so the limits hold."""
 
     def __init__(self, limits: ServiceLimits) -> None:
         self.limits = limits
         self.pending = 0
         self.running = 0
         self.batches = 0
-        self.semaphore: asyncio.Semaphore | None = None
+        self.semaphores: dict[bool, asyncio.Semaphore] = {}
 
     def reserve(self, batch: bool = False) -> _Ticket:
-        """A place in the queue, or 503 with ``Retry-After`` when there is none."""
+        """A place in the lane's queue, or 503 with ``Retry-After`` when there is none."""
         limits = self.limits
-        if self.pending >= limits.max_concurrent + limits.max_queue or (
-                batch and self.batches >= limits.max_concurrent):
+        predictions = self.pending - self.batches
+        if (self.batches >= limits.max_concurrent if batch
+                else predictions >= limits.max_concurrent + limits.max_queue):
             raise UploadError(503, "the server is busy; retry later",
                               {"Retry-After": str(limits.retry_after_s)})
         self.pending += 1
@@ -421,13 +425,13 @@ class _Gate:
         from starlette.concurrency import run_in_threadpool
 
         ticket = ticket or self.reserve()
-        if self.semaphore is None:
-            self.semaphore = asyncio.Semaphore(self.limits.max_concurrent)
+        lane = self.semaphores.setdefault(ticket.batch,
+                                          asyncio.Semaphore(self.limits.max_concurrent))
         timeout_s = self.limits.timeout_s if timeout_s is None else timeout_s
 
         async def slot() -> Any:
             try:
-                async with self.semaphore:
+                async with lane:
                     self.running += 1
                     try:
                         return await run_in_threadpool(func, *args)
