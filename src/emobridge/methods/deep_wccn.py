@@ -165,7 +165,8 @@ class DeepWCCNMethod(NeuralMethod):
     balance_languages:
         Repeat smaller training languages to the size of the largest.
     normalise:
-        Input standardisation; ``None`` (default): ``"global"`` without an encoder,
+        Input standardisation; ``None`` (default): ``"per_corpus"`` without an encoder (as
+        every neural method, see :class:`~emobridge.methods.neural.NeuralMethod`),
         ``"none"`` with one (its layers expect raw hidden states).
     backbone, backbone_params:
         Unused (the architecture is fixed); kept for the shared contract, must stay default.
@@ -290,7 +291,7 @@ class DeepWCCNMethod(NeuralMethod):
                                   encoder=self.build_encoder())
 
     def fit_normaliser(self, data: FitData) -> FeatureNormaliser:
-        mode = self.normalise or ("none" if self.encoder is not None else "global")
+        mode = self.normalise or ("none" if self.encoder is not None else "per_corpus")
         return FeatureNormaliser(mode).fit(self.normalisation_sets(data))
 
     def training_streams(self, data: FitData) -> dict[str, EmotionData]:

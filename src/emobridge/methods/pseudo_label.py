@@ -163,7 +163,7 @@ class PseudoLabel(NeuralMethod):
         # every NeuralMethod parameter (method-specific defaults where they differ)
         backbone: str = "auto",
         backbone_params: Mapping[str, Any] | None = None,
-        normalise: Normalise = "global",
+        normalise: Normalise = "per_corpus",
         class_weight: str | None = None,
         domain_loss: DomainLoss = "none",
         domain_loss_weight: float = 1.0,
