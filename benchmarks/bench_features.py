@@ -35,7 +35,6 @@ RESULTS = REPO / "benchmarks" / "RESULTS.md"
 BASE_SPECS = [
     "logmel:preset=nnpm",
     "logmel:preset=byols",
-    "logmel:preset=nnpm,image_size=224",
     "opensmile:feature_set=eGeMAPSv02",
     "opensmile:feature_set=emobase",
     "opensmile:feature_set=ComParE_2016",

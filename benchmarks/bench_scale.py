@@ -179,8 +179,9 @@ def projection(grid: dict, extraction: list[dict], overhead: float, workers: int
         f"TB) need about {frames_rate:.0f} MB/s of shared-filesystem bandwidth on 100 nodes. "
         "The driver hashes every file once before dispatch (~0.6 TB of FLAC for 10,000 h: "
         "tens of minutes from one node, in 8 threads) and passes the content hashes to the "
-        "shard tasks; its hash cache (hashes.parquet, ~100 bytes per file, ~0.5 GB for "
-        "5 million files) is rewritten once per run. For grids, Ray's per-task cost is "
+        "shard tasks; its hash cache (hashes.json, ~105 bytes plus the path per file, "
+        "~1 GB and ~20 s to write or read for 5 million files of 80-character paths) is "
+        "rewritten once per run. For grids, Ray's per-task cost is "
         "negligible next to a cell; the limit is the number of cells per wave (cells >= "
         "cores keeps every core busy).",
     ]

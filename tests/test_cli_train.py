@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,26 @@ def test_few_shot_in_seconds_and_bad_sizes(experiment, capsys):
                           bad)) == 1
         err = capsys.readouterr().err
         assert f"--target-labelled-k {bad!r}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_after_a_kill_inside_the_bundle_save_or_the_run_json_write(experiment):
+    """A SIGKILL after the bundle's weights were written but before its bundle.json (the
+    last file), or during the atomic write of run.json, leaves files that must not block the
+    resumed command (benchmarks/bench_crash.py)."""
+    root, src, tgt = experiment
+    ref = root / "killed_ref"
+    assert main(_args(root, src, tgt, ref, "--resume")) == 0
+    out = root / "killed_in_bundle"
+    shutil.copytree(ref, out)
+    (out / "metrics.json").unlink()
+    (out / "model" / "bundle.json").unlink()
+    (out / "model" / ".model.safetensors.ab12cd34.tmp.safetensors").write_bytes(b"\0" * 8)
+    assert main(_args(root, src, tgt, out, "--resume")) == 0
+    done = json.loads((out / "metrics.json").read_text())
+    assert done["test"] == json.loads((ref / "metrics.json").read_text())["test"]
+    load_bundle(out / "model", device="cpu")
+    early = root / "killed_in_run_json"
+    early.mkdir()
+    (early / ".run.json.x1y2z3w4.tmp.json").write_text('{"comm')
+    assert main(_args(root, src, tgt, early, "--resume")) == 0
+    assert (early / "metrics.json").exists()

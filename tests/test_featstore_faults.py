@@ -7,6 +7,7 @@ a tiny tmpfs, inside a private mount namespace (``unshare``), which works as roo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -151,13 +152,22 @@ def test_damaged_index_is_reported_by_name_and_recomputed(tmp_path: Path) -> Non
     assert report.computed == 3
 
 
-def test_damaged_hash_cache_is_reported_and_rehashed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", [
+    b"PAR1 not json",
+    b'{"format": 99, "columns": [], "rows": []}',
+    b'{"format": 1, "columns": ["path", "size", "mtime_ns", "hash"], "rows": []}',
+    b'{"format": 1, "columns": ["path", "size", "mtime_ns", "ctime_ns", "ino", "hash"], '
+    b'"rows": [["a.wav", "12", 1, 2, 3, "00"]]}',
+])
+def test_damaged_hash_cache_is_reported_and_rehashed(tmp_path: Path, content: bytes) -> None:
     manifest = _manifest(tmp_path, 2)
     FeatureStore(tmp_path / "store").extract(manifest, SPEC, progress=False)
-    (tmp_path / "store" / "hashes.parquet").write_bytes(b"PAR1 not parquet")
-    with pytest.warns(EmobridgeWarning, match="hashes.parquet: unreadable hash cache"):
+    (tmp_path / "store" / "hashes.json").write_bytes(content)
+    with pytest.warns(EmobridgeWarning, match="hashes.json: unreadable hash cache"):
         report = FeatureStore(tmp_path / "store").extract(manifest, SPEC, progress=False)
     assert report.reused == 2
+    cached = json.loads((tmp_path / "store" / "hashes.json").read_text())  # rewritten
+    assert len(cached["rows"]) == 2
 
 
 def test_audio_rewritten_in_place_with_its_mtime_restored(tmp_path: Path) -> None:
@@ -181,19 +191,30 @@ def test_audio_rewritten_in_place_with_its_mtime_restored(tmp_path: Path) -> Non
     np.testing.assert_array_equal(after, fresh)
 
 
-def test_hash_cache_of_an_older_store_is_not_trusted(tmp_path: Path) -> None:
-    """A cache written before ctime and inode were part of the key is ignored, not misread."""
-    import pandas as pd
-
+def test_parquet_hash_cache_of_an_older_version_is_ignored(tmp_path: Path) -> None:
+    """Earlier versions kept the hash cache in hashes.parquet: it is neither read (its hash
+    here is wrong, and would be served if it were) nor a fault, and it is left in place."""
     path = write_tone(tmp_path / "a.wav", duration_s=0.3)
     root = tmp_path / "store"
     root.mkdir()
     st = os.stat(path)
-    pd.DataFrame({"path": [str(path)], "size": [st.st_size], "mtime_ns": [st.st_mtime_ns],
-                  "hash": ["0" * 32]}).to_parquet(root / "hashes.parquet")
+    old = root / "hashes.parquet"
+    try:
+        import pandas as pd
+
+        pd.DataFrame({"path": [str(path)], "size": [st.st_size], "mtime_ns": [st.st_mtime_ns],
+                      "ctime_ns": [st.st_ctime_ns], "ino": [st.st_ino],
+                      "hash": ["0" * 32]}).to_parquet(old)
+    except ImportError:  # no pyarrow here: its first bytes are enough to be ignored
+        old.write_bytes(b"PAR1\x15\x04")
+    before = old.read_bytes()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        FeatureStore(root).extract([path], SPEC, progress=False)
-    cached = pd.read_parquet(root / "hashes.parquet")
-    assert list(cached["hash"]) != ["0" * 32]
-    assert {"ctime_ns", "ino"} <= set(cached.columns)
+        report = FeatureStore(root).extract([path], SPEC, progress=False)
+        again = FeatureStore(root).extract([path], SPEC, progress=False)
+    assert report.computed == 1 and again.reused == 1
+    cached = json.loads((root / "hashes.json").read_text())
+    assert cached["columns"] == ["path", "size", "mtime_ns", "ctime_ns", "ino", "hash"]
+    assert [row[0] for row in cached["rows"]] == [str(path)]
+    assert cached["rows"][0][-1] != "0" * 32
+    assert old.read_bytes() == before

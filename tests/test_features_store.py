@@ -240,7 +240,7 @@ def test_changed_file_content_is_not_served_stale(corpus: pd.DataFrame,
     store = FeatureStore(tmp_path / "store")
     ext = CountingLogMel()
     store.extract(corpus, ext, progress=False)
-    assert (tmp_path / "store" / "hashes.parquet").exists()
+    assert (tmp_path / "store" / "hashes.json").exists()
     target = Path(corpus["path"][0])
     before = store.load(corpus, ext)[0]
     write_tone(target, duration_s=0.2, f0_hz=333, seed=9)  # same path, new audio

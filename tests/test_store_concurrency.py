@@ -9,7 +9,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from emobridge.features import FeatureStore, build_extractor
 from emobridge.features.store import _read_index, _ShardWriter
@@ -22,6 +21,13 @@ def make_audio(folder: Path, n: int) -> list[str]:
     """``n`` distinct short tones (distinct content: distinct store keys)."""
     return [str(write_tone(folder / f"u{i:03d}.wav", duration_s=0.1 + 0.01 * (i % 5),
                            f0_hz=100 + 7 * i, seed=i)) for i in range(n)]
+
+
+def cached_paths(root: Path) -> list[str]:
+    """The audio paths in the store's hash cache (hashes.json: one row per path)."""
+    doc = json.loads((root / "hashes.json").read_text(encoding="utf-8"))
+    assert doc["columns"][0] == "path"
+    return [row[0] for row in doc["rows"]]
 
 
 def verify_store(root: Path, paths: list[str]) -> dict[str, int]:
@@ -50,8 +56,7 @@ def verify_store(root: Path, paths: list[str]) -> dict[str, int]:
             n_entries += 1
     feats = FeatureStore(root).load(paths, ext)  # raises on any missing / corrupt entry
     assert len(feats) == len(paths) and all(np.isfinite(f).all() for f in feats)
-    hashes = pd.read_parquet(root / "hashes.parquet")
-    assert set(paths) <= set(hashes["path"]), "a writer's hashes were lost"
+    assert set(paths) <= set(cached_paths(root)), "a writer's hashes were lost"
     return {"keys": len(keys), "entries": n_entries, "shards": len(indexes)}
 
 
@@ -121,8 +126,7 @@ def test_hash_cache_merges_writers(tmp_path: Path) -> None:
     second._hash_paths(paths[2:], 1, None)  # read the (empty) cache before first saves
     first._save_hashes()
     second._save_hashes()
-    saved = pd.read_parquet(root / "hashes.parquet")
-    assert sorted(saved["path"]) == sorted(paths)
+    assert sorted(cached_paths(root)) == sorted(paths)
 
 
 def test_extract_with_given_keys_skips_hashing(tmp_path: Path) -> None:
@@ -139,6 +143,6 @@ def test_extract_with_given_keys_skips_hashing(tmp_path: Path) -> None:
     with pytest.raises(FeatureError, match="2 content hashes given for 3 rows"):
         FeatureStore(root).extract(paths, SPEC, progress=False, keys=keys[:2])
     report = FeatureStore(root).extract(paths, SPEC, progress=False, keys=keys)
-    assert report.computed == 3 and not (root / "hashes.parquet").exists()
+    assert report.computed == 3 and not (root / "hashes.json").exists()
     again = FeatureStore(root).extract(paths, SPEC, progress=False)  # hashes them itself
     assert again.reused == 3 and again.computed == 0

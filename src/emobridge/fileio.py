@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -26,6 +27,10 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+#: The names :func:`atomic_path` gives its temporary files: ``.NAME.RANDOM.tmpSUFFIX``.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?")
 
 
 @contextlib.contextmanager
@@ -69,6 +74,41 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def parquet_missing(what: str, instead: str = "a .csv file") -> str:
+    """The one line for Parquet without pyarrow (not a core dependency: the ``parquet``
+    extra): ``what`` (the file, as the caller words it), the extra to install and ``instead``
+    (a format that needs nothing more)."""
+    return (f"{what}: Parquet needs pyarrow, which is not installed: pip install "
+            f"'emobridge[parquet]' (or use {instead})")
+
+
+@contextlib.contextmanager
+def parquet_engine(what: str, error: type[Exception], instead: str = "a .csv file"
+                   ) -> Iterator[None]:
+    """Run a pandas Parquet read or write; where no Parquet engine is installed, raise
+    ``error`` with :func:`parquet_missing`'s line instead of pandas' ImportError (which
+    ``read_parquet`` / ``to_parquet`` raise when they find neither pyarrow nor fastparquet,
+    and for nothing else)."""
+    try:
+        yield
+    except ImportError:
+        raise error(parquet_missing(what, instead)) from None
+
+
+def parquet_available() -> bool:
+    """Whether pandas can read and write Parquet here (pyarrow or fastparquet installed);
+    looks the packages up without importing them."""
+    import importlib.util
+
+    for name in ("pyarrow", "fastparquet"):
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return True
+        except (ImportError, ValueError):  # a module set to None, or without a spec
+            continue
+    return False
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -192,8 +232,9 @@ def prepare_output_dir(path: str | os.PathLike[str], marker: str, what: str = "o
     non-empty folder without ``marker`` (the file emobridge writes into every folder it owns,
     e.g. ``run.json``) raise :class:`~emobridge.errors.OutputError`, so a user's own files
     are never overwritten. Names in ``allow`` (hidden lock files, say) do not count as
-    content. A folder that cannot be created (read-only, a path through a file) raises
-    the same error naming the path.
+    content, nor do the temporary files of :func:`atomic_path` (a process killed while
+    writing ``marker`` leaves one behind). A folder that cannot be created (read-only, a
+    path through a file) raises the same error naming the path.
     """
     from emobridge.errors import OutputError
 
@@ -203,7 +244,8 @@ def prepare_output_dir(path: str | os.PathLike[str], marker: str, what: str = "o
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{what} {folder}: exists and is not a folder")
     if folder.is_dir():
-        content = [p.name for p in folder.iterdir() if p.name not in allow]
+        content = [p.name for p in folder.iterdir()
+                   if p.name not in allow and not _TEMP_NAME.fullmatch(p.name)]
         if content and not (folder / marker).is_file():
             raise OutputError(
                 f"{what} {folder}: not empty and not made by emobridge (no {marker}); "

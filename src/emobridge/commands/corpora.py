@@ -82,7 +82,8 @@ def scan(
     path: Path = typer.Argument(..., help="The corpus folder (for `table`: the listing file)."),
     output: Path | None = typer.Option(
         None, "-o", "--output",
-        help="Manifest file: x.csv, x.parquet, or a stem for both (default: print only)."),
+        help="Manifest file: x.csv, x.parquet, or a stem for both (only x.csv without "
+        "pyarrow; default: print only)."),
     option: list[str] = typer.Option(
         [], "-O", "--option",
         help="Reader option KEY=VALUE (value parsed as JSON where possible); repeatable."),

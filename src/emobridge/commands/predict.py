@@ -14,7 +14,12 @@ from rich.console import Console
 
 from emobridge.commands.adapt import SeedOpt, SpeakersOpt, StoreOpt
 from emobridge.errors import ConfigError, EmobridgeError, EmobridgeWarning
-from emobridge.fileio import check_regular_file
+from emobridge.fileio import (
+    check_regular_file,
+    parquet_available,
+    parquet_engine,
+    parquet_missing,
+)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -37,9 +42,13 @@ def _manifest_frame(path: Path) -> tuple[list[str], Any]:
             items = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
             items = [x for x in items if x and not x.startswith("#")]
         else:
-            frame = (pd.read_parquet(path) if suffix == ".parquet" else
-                     pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str,
-                                 keep_default_na=False))
+            if suffix == ".parquet":
+                with parquet_engine(f"manifest {path}", ConfigError,
+                                    "a .csv, .tsv or .txt list"):
+                    frame = pd.read_parquet(path)
+            else:
+                frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str,
+                                    keep_default_na=False)
             if "path" not in frame.columns:
                 raise ConfigError(f"manifest {path}: no 'path' column (columns: "
                                   f"{', '.join(map(str, frame.columns[:8]))})")
@@ -107,7 +116,8 @@ def write_table(table: Any, out: Path, extra: dict[str, Any]) -> None:
         if suffix == ".csv":
             table.to_csv(tmp, index=False)
         else:
-            table.to_parquet(tmp, index=False)
+            with parquet_engine(f"--out {out}", ConfigError, "a .csv or .json file"):
+                table.to_parquet(tmp, index=False)
 
 
 def _show(table: Any) -> None:
@@ -228,6 +238,9 @@ def predict(
 
     if out is not None and out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ConfigError(f"--out {out}: use a .csv, .json or .parquet file name")
+    if out is not None and out.suffix.lower() == ".parquet" and not parquet_available():
+        # said now, not after the model has labelled every file
+        raise ConfigError(parquet_missing(f"--out {out}", "a .csv or .json file"))
     if segment not in ("none", "vad", "fixed"):
         raise ConfigError(f"--segment {segment!r}: use none, vad or fixed")
     if plot is not None and segment == "none":

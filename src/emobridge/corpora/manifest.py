@@ -18,7 +18,12 @@ import numpy as np
 import pandas as pd
 
 from emobridge.errors import CorpusError
-from emobridge.fileio import atomic_path, check_regular_file
+from emobridge.fileio import (
+    atomic_path,
+    check_regular_file,
+    parquet_available,
+    parquet_engine,
+)
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "path",
@@ -136,7 +141,8 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike[str]) -> list[Path]
     """Write a manifest atomically; return the files written.
 
     ``x.csv`` or ``x.parquet`` writes that format; any other suffix (or none) writes both
-    ``x.csv`` and ``x.parquet``.
+    ``x.csv`` and ``x.parquet``, or only ``x.csv`` where pyarrow (the ``parquet`` extra) is
+    not installed. ``x.parquet`` without pyarrow raises :class:`CorpusError` saying so.
     """
     df = validate_manifest(df)
     path = Path(path)
@@ -144,12 +150,15 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike[str]) -> list[Path]
     if suffix in (".csv", ".parquet"):
         targets = [path]
     else:
-        targets = [path.with_suffix(".csv"), path.with_suffix(".parquet")]
+        targets = [path.with_suffix(".csv")]
+        if parquet_available():
+            targets.append(path.with_suffix(".parquet"))
     for target in targets:
-        with atomic_path(target) as tmp:
-            if target.suffix.lower() == ".csv":
+        if target.suffix.lower() == ".csv":
+            with atomic_path(target) as tmp:
                 df.to_csv(tmp, index=False)
-            else:
+        else:
+            with parquet_engine(f"manifest {target}", CorpusError), atomic_path(target) as tmp:
                 df.to_parquet(tmp, index=False)
     return targets
 
@@ -163,7 +172,8 @@ def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     try:
         check_regular_file(path)
         if suffix == ".parquet":
-            df = pd.read_parquet(path)
+            with parquet_engine(f"manifest {path}", CorpusError, "a .csv or .tsv manifest"):
+                df = pd.read_parquet(path)
         elif suffix in (".csv", ".tsv"):
             df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",",
                              dtype={"speaker": str, "gender": str, "label": str},

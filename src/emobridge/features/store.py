@@ -2,7 +2,7 @@
 
 Layout under ``root``::
 
-    hashes.parquet                  path, size, mtime, ctime, inode -> content hash
+    hashes.json                     path, size, mtime, ctime, inode -> content hash
     <extractor id>/
         spec.json                   the extractor spec (rebuilds the extractor)
         shard-<time>-<rand>.f32     float32 arrays, concatenated, append-only
@@ -21,7 +21,7 @@ corrupt or truncated entry is dropped from its index and treated as missing (rec
 Several processes, on one machine or on many nodes sharing the filesystem, may write the same
 extractor at once: each writes its own shard (named by time and a 64-bit random id), and every
 read-modify-write of a shared file (a shard index that a reader trims of corrupt entries,
-``hashes.parquet``) happens under an exclusive ``flock`` (``.index.lock`` / ``.hashes.lock``)
+``hashes.json``) happens under an exclusive ``flock`` (``.index.lock`` / ``.hashes.lock``)
 after re-reading the file, so no writer's entries are lost. When the same audio lands in two
 shards, the newest copy that verifies wins.
 """
@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from tqdm import tqdm
 
 from emobridge.audio import file_hash, load_audio
@@ -58,7 +57,8 @@ from emobridge.errors import (
 )
 from emobridge.features.base import Extractor
 from emobridge.fileio import (
-    atomic_path,
+    atomic_open,
+    check_regular_file,
     file_lock,
     loads_json,
     write_json_atomic,
@@ -66,7 +66,12 @@ from emobridge.fileio import (
 )
 
 FORMAT_VERSION = 1
-_HASHES_FILE = "hashes.parquet"
+#: The hash cache, JSON: ``{"format": 1, "columns": ["path", *_HASH_KEY, "hash"], "rows":
+#: [[...], ...]}``, written without pyarrow (an extra since). Stores of earlier versions kept
+#: it in ``hashes.parquet``: that file is ignored (never read, never deleted), which costs
+#: hashing their audio once more.
+_HASHES_FILE = "hashes.json"
+_HASHES_FORMAT = 1
 #: What identifies a file's content without reading it. Size and mtime alone miss audio
 #: rewritten in place with its mtime restored; the change time (set by the kernel on every
 #: write or utime) and the inode (a file replaced by another) catch that.
@@ -464,7 +469,7 @@ class FeatureStore:
         return [guarded(p) for p in paths]
 
     def _hash_cache(self) -> dict[str, tuple[Any, ...]]:
-        """path -> (*:data:`_HASH_KEY`, content hash), read once from hashes.parquet."""
+        """path -> (*:data:`_HASH_KEY`, content hash), read once from hashes.json."""
         if self._hashes is None:
             self._hashes = self._read_hashes(warn=True)
         return self._hashes
@@ -475,16 +480,27 @@ class FeatureStore:
         if not path.exists():
             return {}
         try:
-            df = pd.read_parquet(path)
-        except (OSError, ValueError, pa.ArrowException) as exc:
+            doc = loads_json(check_regular_file(path).read_text(encoding="utf-8"))
+            if not isinstance(doc, dict) or doc.get("format") != _HASHES_FORMAT:
+                raise ValueError(f"not a format-{_HASHES_FORMAT} hash cache")
+            columns = doc["columns"]
+            if columns != ["path", *_HASH_KEY, "hash"]:
+                raise ValueError(f"columns {columns!r}")
+            cache = {}
+            for path_, *stat, digest in doc["rows"]:
+                if not (isinstance(path_, str) and isinstance(digest, str)
+                        and len(stat) == len(_HASH_KEY)
+                        and all(type(v) is int for v in stat)):
+                    raise ValueError(f"malformed row for {path_!r}")
+                cache[path_] = (*stat, digest)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             if warn:
-                warnings.warn(f"{path}: unreadable hash cache ({exc}); audio files are "
+                reason = (exc.strerror or exc if isinstance(exc, OSError) else
+                          f"no {exc}" if isinstance(exc, KeyError) else exc)
+                warnings.warn(f"{path}: unreadable hash cache ({reason}); audio files are "
                               "hashed again", EmobridgeWarning, stacklevel=4)
             return {}
-        if not set(_HASH_KEY) <= set(df.columns):  # older stores lack some: re-hash
-            return {}
-        columns = [df[c] for c in ("path", *_HASH_KEY, "hash")]
-        return {row[0]: (*map(int, row[1:-1]), row[-1]) for row in zip(*columns, strict=True)}
+        return cache
 
     def _save_hashes(self, create: bool = False, best_effort: bool = False) -> None:
         """Write the hash cache (only into an existing store unless ``create``).
@@ -504,10 +520,7 @@ class FeatureStore:
                 with file_lock(self.root / ".hashes.lock", blocking=True):
                     merged = self._read_hashes(warn=False)
                     merged.update({p: self._hashes[p] for p in self._hashes_new})
-                    df = pd.DataFrame([(p, *stat, h) for p, (*stat, h) in merged.items()],
-                                      columns=["path", *_HASH_KEY, "hash"])
-                    with atomic_path(target) as tmp:
-                        df.to_parquet(tmp, index=False)
+                    _write_hashes(target, merged)
         except OutputError:
             if not best_effort:
                 raise
@@ -867,6 +880,20 @@ def _index_lock(folder: Path) -> Iterator[None]:
 def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
     """The :data:`_HASH_KEY` fields of a stat result."""
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _write_hashes(target: Path, cache: dict[str, tuple[Any, ...]]) -> None:
+    """Write the hash cache to ``target`` atomically (fsynced), one row per line; the rows
+    go out in blocks so a cache of millions of files is never one string in memory."""
+    head = {"format": _HASHES_FORMAT, "columns": ["path", *_HASH_KEY, "hash"]}
+    rows = iter(cache.items())
+    with atomic_open(target, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(head)[:-1] + ', "rows": [')
+        sep = "\n"
+        for block in _batched(rows, 4096):
+            fh.write(sep + ",\n".join(json.dumps([p, *rest]) for p, rest in block))
+            sep = ",\n"
+        fh.write("\n]}\n")
 
 
 def _read_index(path: Path) -> dict[str, _Entry]:

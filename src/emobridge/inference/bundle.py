@@ -158,11 +158,15 @@ def save_bundle(
     """
     from emobridge import __version__
     from emobridge.features.registry import build_extractor
+    from emobridge.inference.memory import MEMORY_FILE
     from emobridge.methods.state import WEIGHTS_FILE, method_state, write_arrays
 
     ext = build_extractor(extractor)
     directory = Path(directory)
-    prepare_output_dir(directory, marker=BUNDLE_JSON, what="bundle folder", allow=())
+    # bundle.json is written last: a folder holding only the other files is a save that was
+    # killed before it (e.g. ``train --resume`` after a kill), and is completed now
+    prepare_output_dir(directory, marker=BUNDLE_JSON, what="bundle folder",
+                       allow=(WEIGHTS_FILE, MEMORY_FILE, CARD_FILE))
     state, arrays = method_state(method)
     write_arrays(directory / WEIGHTS_FILE, arrays)
     files = [WEIGHTS_FILE]

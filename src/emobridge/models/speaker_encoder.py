@@ -7,9 +7,10 @@ without importing resemblyzer (which needs webrtcvad), or the file named by the 
 variable ``EMOBRIDGE_GE2E_WEIGHTS``. It is read with ``torch.load(weights_only=True)`` only.
 
 :meth:`SpeakerEncoder.embed_utterances` reproduces resemblyzer's ``embed_utterance``:
-16 kHz, power mel spectrogram (``librosa.feature.melspectrogram``, 40 bands, 25-ms window,
-10-ms step, no log), partials of 160 frames at 1.3 per second (the last one kept when it is
-at least 75 % covered, zero-padded), the L2-normalised mean of the partial embeddings.
+16 kHz, power mel spectrogram (``librosa.feature.melspectrogram``, written out in numpy in
+:mod:`emobridge.features.mel`; 40 bands, 25-ms window, 10-ms step, no log), partials of 160
+frames at 1.3 per second (the last one kept when it is at least 75 % covered, zero-padded),
+the L2-normalised mean of the partial embeddings.
 Resemblyzer's ``preprocess_wav`` (volume to -30 dBFS, increase only; webrtcvad to shorten
 silences) is replaced by :func:`preprocess`: the same volume rule, and leading / trailing
 silence cut with :func:`emobridge.audio.trim_silence` (35 dB below the loudest 25-ms frame).
@@ -19,6 +20,7 @@ single sentences with short pauses, so the difference to VAD trimming is small).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from emobridge.errors import FeatureError
+from emobridge.features.mel import mel_filterbank, power_spectrogram
 
 SAMPLE_RATE_HZ = 16_000
 N_MELS = 40
@@ -118,17 +121,21 @@ def partial_slices(n_samples: int, rate: float = 1.3, min_coverage: float = 0.75
     return slices
 
 
+@functools.cache
+def _mel_basis() -> np.ndarray:
+    """The 40 Slaney-scale, unit-area mel filters over 0-8 kHz (librosa's defaults)."""
+    return mel_filterbank(SAMPLE_RATE_HZ, WINDOW_SAMPLES, N_MELS)
+
+
 def mel_partials(wave: np.ndarray, rate: float = 1.3, min_coverage: float = 0.75
                  ) -> np.ndarray:
-    """``(n_partials, 160, 40)`` float32 power-mel windows of one 16-kHz waveform."""
-    import librosa
-
+    """``(n_partials, 160, 40)`` float32 power-mel windows of one 16-kHz waveform
+    (``librosa.feature.melspectrogram`` with resemblyzer's settings, written out in numpy)."""
     slices = partial_slices(len(wave), rate, min_coverage)
     needed = slices[-1].stop * HOP_SAMPLES
     if needed >= len(wave):
         wave = np.pad(wave, (0, needed - len(wave)))
-    mel = librosa.feature.melspectrogram(y=wave, sr=SAMPLE_RATE_HZ, n_fft=WINDOW_SAMPLES,
-                                         hop_length=HOP_SAMPLES, n_mels=N_MELS)
+    mel = _mel_basis() @ power_spectrogram(wave, WINDOW_SAMPLES, HOP_SAMPLES)
     mel = mel.astype(np.float32).T
     return np.stack([mel[s] for s in slices])
 

@@ -37,9 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from emobridge.errors import ConfigError, EmobridgeWarning, describe_os_error
-from emobridge.features.extractors.logmel import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["VGG", "VGG_CONFIGS", "frames_to_images"]
+#: ImageNet channel statistics (torchvision's): the images are normalised with them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VGG", "VGG_CONFIGS", "frames_to_images"]
 
 #: torchvision's configurations ("M": 2x2 max-pooling), by depth.
 VGG_CONFIGS: dict[int, list[int | str]] = {

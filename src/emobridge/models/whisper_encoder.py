@@ -163,28 +163,12 @@ def mel_filter_bank(n_mels: int = 80, n_fft: int = N_FFT,
     """Triangular mel filters ``(n_mels, n_fft // 2 + 1)`` as OpenAI's Whisper uses them
     (``librosa.filters.mel(norm="slaney", htk=False)``): Slaney mel scale (linear below
     1 kHz, logarithmic above) from 0 Hz to Nyquist, each triangle scaled to unit area,
-    float32. Written out in numpy rather than imported from librosa: importing librosa (and
-    numba) cost about 0.6 s of every start-up; the tests check it equals librosa's."""
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, log_step = min_log_hz / f_sp, math.log(6.4) / 27.0
+    float32; :func:`emobridge.features.mel.mel_filterbank` with Whisper's settings."""
+    # Imported here: emobridge.features (its store needs pandas) is not needed by the
+    # encoder-only paths (top layers, export) that import this module.
+    from emobridge.features.mel import mel_filterbank
 
-    def hz_to_mel(hz: np.ndarray) -> np.ndarray:
-        hz = np.asarray(hz, dtype=np.float64)
-        return np.where(hz >= min_log_hz,
-                        min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / log_step,
-                        hz / f_sp)
-
-    def mel_to_hz(mel: np.ndarray) -> np.ndarray:
-        return np.where(mel >= min_log_mel, min_log_hz * np.exp(log_step * (mel - min_log_mel)),
-                        mel * f_sp)
-
-    fft_hz = np.linspace(0.0, sample_rate_hz / 2, n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate_hz / 2), n_mels + 2))
-    ramps = edges[:, None] - fft_hz[None, :]
-    rising = -ramps[:-2] / np.diff(edges)[:-1, None]
-    falling = ramps[2:] / np.diff(edges)[1:, None]
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    return (weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
+    return mel_filterbank(sample_rate_hz, n_fft, n_mels, 0.0, None, "slaney", "slaney")
 
 
 class WhisperLogMel(nn.Module):

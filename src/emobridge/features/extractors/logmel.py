@@ -1,4 +1,5 @@
-"""Log-mel spectrograms (torch STFT + librosa's mel filterbank), with the papers' presets.
+"""Log-mel spectrograms (torch STFT + the mel filterbank of :mod:`emobridge.features.mel`,
+equal to librosa's), with the papers' presets.
 
 Presets (every value can be overridden by a parameter of the same name):
 
@@ -42,13 +43,10 @@ silence. An SNSA trained on raw RAVDESS log-mel learns loudness and scores below
 EMO-DB; see ``benchmarks/RESULTS.md``. ``benchmarks/bench_adaptation.py`` uses
 ``trim_db=35,level=rms``.
 
-Output: ``(frames, n_mels)`` float32. With ``image_size`` set, the image form for ImageNet
-CNNs (the VGG16 of Baklouti et al.): the log-mel as an image (mel bins as rows, low
-frequencies at the bottom), min-max scaled to [0, 1] per utterance, resized bilinearly to
-``image_size`` (``224`` or ``[H, W]``), repeated to 3 channels and normalised with the
-ImageNet mean / std: a ``(3, H, W)`` array. :class:`emobridge.methods.data.EmotionData`
-expects ``(frames, dims)`` or ``(dims,)`` arrays, so the image form is meant for an image
-model that reads the store directly.
+Output: ``(frames, n_mels)`` float32. Images for ImageNet CNNs (the VGG16 of Baklouti et
+al.) are made in one place, the ``vgg`` backbone (:func:`emobridge.models.vgg.
+frames_to_images`), from these frames: a training batch holds frame matrices. The
+extractor's former image form (``image_size``) is refused with a line saying so.
 """
 
 from __future__ import annotations
@@ -62,11 +60,12 @@ from emobridge.audio import crop_or_pad, normalise_level, trim_silence
 from emobridge.errors import FeatureError
 from emobridge.features.base import Extractor
 from emobridge.features.extractors._common import as_mono_float32, check_choice, resolve_device
+from emobridge.features.mel import (  # hz_to_mel, mel_to_hz: re-exported
+    hz_to_mel,  # noqa: F401
+    mel_filterbank,
+    mel_to_hz,  # noqa: F401
+)
 from emobridge.features.registry import register_extractor
-
-#: ImageNet channel statistics (torchvision's), for the image form.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "nnpm": {
@@ -121,51 +120,6 @@ _UNSET: Any = object()
 _CHUNK = 32
 
 
-def hz_to_mel(freq_hz: np.ndarray | float, scale: Literal["htk", "slaney"] = "slaney"
-              ) -> np.ndarray:
-    """Frequency (Hz) to mel with the HTK or the Slaney (Auditory Toolbox) formula
-    (``librosa.hz_to_mel``)."""
-    import librosa
-
-    return np.asarray(librosa.hz_to_mel(np.asarray(freq_hz, dtype=np.float64),
-                                        htk=scale == "htk"))
-
-
-def mel_to_hz(mel: np.ndarray | float, scale: Literal["htk", "slaney"] = "slaney") -> np.ndarray:
-    """Inverse of :func:`hz_to_mel` (``librosa.mel_to_hz``)."""
-    import librosa
-
-    return np.asarray(librosa.mel_to_hz(np.asarray(mel, dtype=np.float64), htk=scale == "htk"))
-
-
-def mel_filterbank(
-    sample_rate_hz: int,
-    n_fft: int,
-    n_mels: int,
-    f_min_hz: float = 0.0,
-    f_max_hz: float | None = None,
-    scale: Literal["htk", "slaney"] = "slaney",
-    norm: Literal["slaney"] | None = "slaney",
-) -> np.ndarray:
-    """Triangular mel filterbank, ``(n_mels, n_fft // 2 + 1)`` float32 (``librosa.filters.mel``).
-
-    Band ``i`` rises linearly from mel point ``i`` to ``i + 1`` and falls to ``i + 2`` (points
-    equally spaced in mel between ``f_min_hz`` and ``f_max_hz``); weights are evaluated at the
-    FFT bin centre frequencies. ``norm="slaney"`` divides each band by half its width in Hz
-    (unit area); ``None`` keeps peak 1.
-    """
-    import librosa
-
-    f_max_hz = sample_rate_hz / 2.0 if f_max_hz is None else float(f_max_hz)
-    if not 0.0 <= f_min_hz < f_max_hz <= sample_rate_hz / 2.0:
-        raise FeatureError(f"mel filterbank: need 0 <= f_min_hz < f_max_hz <= "
-                           f"{sample_rate_hz / 2:g}, got {f_min_hz}, {f_max_hz}")
-    if norm not in ("slaney", None):
-        raise FeatureError(f"mel filterbank: norm must be 'slaney' or None, got {norm!r}")
-    return librosa.filters.mel(sr=sample_rate_hz, n_fft=n_fft, n_mels=n_mels, fmin=f_min_hz,
-                               fmax=f_max_hz, htk=scale == "htk", norm=norm, dtype=np.float32)
-
-
 @register_extractor
 class LogMel(Extractor):
     """Log-mel spectrogram ``(frames, n_mels)``, or a ``(3, H, W)`` image with ``image_size``.
@@ -199,7 +153,8 @@ class LogMel(Extractor):
         ``"none"``, ``"utterance"`` (one mean / std over the whole spectrogram) or ``"bin"``
         (mean / std per mel band over the frames).
     image_size:
-        ``None`` for ``(frames, n_mels)``; an int or ``[H, W]`` for the 3-channel image form.
+        Refused unless ``None``: images are made by the ``vgg`` backbone (kept as a
+        parameter, always ``None``, so the ids of existing stores do not change).
     trim_db:
         Cut leading / trailing audio more than this many dB below the loudest 25-ms frame
         (:func:`~emobridge.audio.trim_silence`); ``None`` keeps it.
@@ -288,13 +243,10 @@ class LogMel(Extractor):
         self.f_max_hz = None if self.f_max_hz is None else float(self.f_max_hz)
         self.log_offset = positive_number("log_offset")
         if self.image_size is not None:
-            size = ([self.image_size] * 2 if isinstance(self.image_size, int | np.integer)
-                    else list(self.image_size))
-            if len(size) != 2 or not all(isinstance(s, int | np.integer) and s > 0
-                                         for s in size):
-                raise FeatureError(f"logmel: image_size must be a positive int or [H, W], "
-                                   f"got {self.image_size!r}")
-            self.image_size = [int(s) for s in size]
+            raise FeatureError("logmel: image_size is no longer an extractor option; the vgg "
+                               "backbone makes the image from log-mel frames: use "
+                               "logmel:preset=nnpm with method mmd and backbone_params "
+                               "{image_size: N}")
         # Builds the filterbank now so a bad frequency range fails at construction.
         self.filterbank_ = mel_filterbank(self.sample_rate_hz, self.n_fft, self.n_mels,
                                           self.f_min_hz, self.f_max_hz, self.mel_scale,
@@ -302,7 +254,7 @@ class LogMel(Extractor):
 
     @property
     def output(self) -> Literal["frames", "vector"]:
-        """``"frames"``: ``(frames, n_mels)``, or ``(3, H, W)`` images with ``image_size``."""
+        """``"frames"``: ``(frames, n_mels)``."""
         return "frames"
 
     def params(self) -> dict[str, Any]:
@@ -399,22 +351,4 @@ class LogMel(Extractor):
             frames = (frames - frames.mean()) / (frames.std() + 1e-8)
         elif self.normalise == "bin":
             frames = (frames - frames.mean(axis=0)) / (frames.std(axis=0) + 1e-8)
-        if self.image_size is not None:
-            return self._to_image(frames)
         return np.ascontiguousarray(frames, dtype=np.float32)
-
-    def _to_image(self, frames: np.ndarray) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        img = frames.T[::-1]  # rows = mel bins, low frequencies at the bottom
-        lo, hi = float(img.min()), float(img.max())
-        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
-        h, w = self.image_size
-        t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
-        shrink = h < img.shape[0] or w < img.shape[1]
-        t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False,
-                          antialias=shrink)[0, 0].clamp_(0.0, 1.0)
-        mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-        std = torch.tensor(IMAGENET_STD)[:, None, None]
-        return ((t[None].expand(3, h, w) - mean) / std).numpy().astype(np.float32)
