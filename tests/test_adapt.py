@@ -253,6 +253,20 @@ def test_cli_adapt_refuses_a_folder_of_other_files_before_reading_audio(bundle, 
     assert "adapted to" not in captured.out and (mine / "notes.txt").read_text() == "keep"
 
 
+def test_cli_adapt_completes_a_save_killed_before_its_bundle_json(bundle, recordings,
+                                                                   tmp_path, capsys):
+    _, folder = recordings
+    out = tmp_path / "adapted"
+    assert main(["adapt", str(folder), "-m", str(bundle), "-o", str(out),
+                 "--speakers", "none"]) == 0
+    (out / "bundle.json").unlink()  # what a kill between the arrays and bundle.json leaves
+    (out / ".run.json.abcd1234.tmp").write_text("{")  # and a temporary file of a kill
+    capsys.readouterr()
+    assert main(["adapt", str(folder), "-m", str(bundle), "-o", str(out),
+                 "--speakers", "none"]) == 0, capsys.readouterr().err
+    assert Recognizer.load(out).adaptation is not None
+
+
 @pytest.mark.parametrize("damage, message", [
     ("nan", "non-finite feature values"),
     ("index", "index out of range"),

@@ -84,12 +84,13 @@ def adapt(
     speakers, self-training) and write the adapted bundle, for predict / serve --model."""
     from emobridge.commands.predict import _report_errors, load_recognizer
     from emobridge.fileio import prepare_output_dir
-    from emobridge.inference.bundle import BUNDLE_JSON
+    from emobridge.inference.bundle import BUNDLE_JSON, interrupted_save_files
 
     # refused before any audio is read (a folder of the user's own files, a read-only path);
     # a folder made here is removed again when the adaptation fails
     created = not out.exists()
-    prepare_output_dir(out, marker=BUNDLE_JSON, what="bundle folder")
+    prepare_output_dir(out, marker=BUNDLE_JSON, what="bundle folder",
+                       allow=interrupted_save_files())
     try:
         files, spk = inputs_and_speakers(paths, speakers)
         rec = load_recognizer(model, device)

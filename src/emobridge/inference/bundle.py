@@ -134,6 +134,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def interrupted_save_files() -> tuple[str, ...]:
+    """The files a bundle save writes before ``bundle.json`` (which comes last): a folder
+    holding only these is a save that was killed (``train --resume`` or ``adapt`` run again
+    after a kill) and may be completed."""
+    from emobridge.inference.memory import MEMORY_FILE
+    from emobridge.methods.state import WEIGHTS_FILE
+
+    return WEIGHTS_FILE, MEMORY_FILE, CARD_FILE
+
+
 def save_bundle(
     method: Any,
     directory: str | Path,
@@ -158,15 +168,12 @@ def save_bundle(
     """
     from emobridge import __version__
     from emobridge.features.registry import build_extractor
-    from emobridge.inference.memory import MEMORY_FILE
     from emobridge.methods.state import WEIGHTS_FILE, method_state, write_arrays
 
     ext = build_extractor(extractor)
     directory = Path(directory)
-    # bundle.json is written last: a folder holding only the other files is a save that was
-    # killed before it (e.g. ``train --resume`` after a kill), and is completed now
     prepare_output_dir(directory, marker=BUNDLE_JSON, what="bundle folder",
-                       allow=(WEIGHTS_FILE, MEMORY_FILE, CARD_FILE))
+                       allow=interrupted_save_files())
     state, arrays = method_state(method)
     write_arrays(directory / WEIGHTS_FILE, arrays)
     files = [WEIGHTS_FILE]
