@@ -1,4 +1,5 @@
-"""Run-time helpers shared by every stage: device resolution and seeding.
+"""Run-time helpers shared by every stage: device resolution, seeding and, for long-lived
+processes, the C allocator.
 
 One place for each, so a trainer, an extractor and the experiment runner agree on what
 ``"auto"`` means and on what a seed covers.
@@ -94,3 +95,37 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cuda.enable_flash_sdp(False)
             torch.backends.cuda.enable_mem_efficient_sdp(False)
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (``mallopt`` / ``malloc_trim``), else ``None``."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
+#: glibc's ``M_ARENA_MAX`` option of ``mallopt``.
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas for this process (what ``MALLOC_ARENA_MAX`` does), before
+    worker threads start. By default glibc gives threads up to 8 arenas per core; a server
+    whose thread pool handles uploads of every size then keeps freed memory in many partly
+    used arenas, and its resident memory creeps up over hours (``benchmarks/bench_soak.py``).
+    Returns whether it applied (``False`` off glibc, where nothing is needed)."""
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, int(arenas)) == 1)
+
+
+def release_free_memory() -> bool:
+    """Hand memory that malloc holds free back to the system (glibc ``malloc_trim``); for a
+    long-lived process after a large, short-lived allocation (an adaptation batch). Returns
+    whether any was released (``False`` off glibc)."""
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0) == 1)

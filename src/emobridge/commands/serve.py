@@ -48,7 +48,7 @@ def serve(
     page at /."""
     from emobridge.inference.recognizer import Recognizer
     from emobridge.inference.service import ServiceLimits, create_app
-    from emobridge.runtime import resolve_device
+    from emobridge.runtime import limit_malloc_arenas, resolve_device
 
     try:
         import uvicorn
@@ -70,6 +70,7 @@ def serve(
                            max_adapt_duration_s=max_adapt_duration_s,
                            max_adapt_bytes=_mib(max_adapt_mb), adapt_timeout_s=adapt_timeout_s,
                            domain_ttl_s=domain_ttl_s, max_domains=max_domains).check()
+    limit_malloc_arenas()  # before uvicorn's threads: resident memory stays flat for hours
     used = resolve_device(device)
     rec = Recognizer.load(model, device=used) if model is not None \
         else Recognizer.default(device=used)

@@ -288,9 +288,14 @@ def _decode_batch(uploads: list[Any], limits: ServiceLimits, rate: int
 def _adapt(recognizer: Any, waves: list[np.ndarray], names: list[str], speakers: str
            ) -> tuple[Any, Any]:
     """The adapted recognizer and its table for one batch (runs in a worker thread)."""
+    from emobridge.runtime import release_free_memory
+
     rate = recognizer.sample_rate_hz
-    return recognizer.adapt_predict([(w, rate) for w in waves], names=names,
-                                    speakers=speakers)
+    try:
+        return recognizer.adapt_predict([(w, rate) for w in waves], names=names,
+                                        speakers=speakers)
+    finally:  # what the adaptation allocated and freed goes back to the system
+        release_free_memory()
 
 
 def _jsonable(value: Any) -> Any:
