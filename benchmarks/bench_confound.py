@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from _common import DEFAULT_CORPORA, FOLDERS, REPO, write_section
-from bench_grid import CORPORA, load_data, tasks
+from _common import REPO, write_section
+from bench_grid import grid_inputs, tasks
 from emobridge.fileio import write_text_atomic
 
 KINDS = ("clean", "confounded", "skewed", "few_speakers")
@@ -121,16 +120,8 @@ def main() -> None:
     from emobridge.methods.recommended import Recommended
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
-    ap.add_argument("--store", type=Path, default=REPO / "cache" / "features")
     ap.add_argument("--write", action="store_true")
-    args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
-    names = [n for n in CORPORA if (args.corpora / FOLDERS.get(n, n)).is_dir()]
-    data = load_data(args.corpora, names, args.store)
+    args, names, data = grid_inputs(ap)
     cache = REPO / "benchmarks" / "out" / "confound.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
     body = report(measure(data, names, cache), names,

@@ -80,6 +80,35 @@ def task_name(src: tuple[str, ...], tgt: str) -> str:
     return f"{src[0]} -> {tgt}" if len(src) == 1 else f"all others -> {tgt}"
 
 
+def choose_leave_one_corpus_out(per: dict, options: tuple, names: list[str]
+                                ) -> tuple[dict[str, object], list[float]]:
+    """``per``: task -> option -> UA. For each held-out target corpus, the option with the
+    best mean UA over the tasks of the other targets, and the UAs it then scores on the
+    held-out corpus's tasks (the nested estimate's values)."""
+    chosen, nested = {}, []
+    for held in names:
+        train = [t for t in per if t[1] != held]
+        chosen[held] = max(options, key=lambda o: np.mean([per[t][o] for t in train]))
+        nested += [per[t][chosen[held]] for t in per if t[1] == held]
+    return chosen, nested
+
+
+def grid_inputs(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[str], dict]:
+    """Parse ``--corpora`` / ``--store`` (added here) and the script's own options; load every
+    present corpus's features (single-threaded torch, warnings off)."""
+    import warnings
+
+    import torch
+
+    ap.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
+    ap.add_argument("--store", type=Path, default=REPO / "cache" / "features")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    names = [n for n in CORPORA if (args.corpora / FOLDERS.get(n, n)).is_dir()]
+    return args, names, load_data(args.corpora, names, args.store)
+
+
 def load_data(corpora: Path, names: list[str], store: Path, short: bool = False
               ) -> dict[str, dict]:
     """EmotionData per corpus and feature variant (raw layer 3, RMS layers 2-4, RMS layer 3;

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from _common import DEFAULT_CORPORA, FOLDERS, REPO, write_section
-from bench_grid import CORPORA, load_data, task_name, tasks
+from _common import REPO, write_section
+from bench_grid import choose_leave_one_corpus_out, grid_inputs, task_name, tasks
 from emobridge.fileio import write_text_atomic
 
 WEIGHTS = (1.0, 3.0, 10.0, 30.0)
@@ -57,11 +56,7 @@ def report(done: dict, names: list[str], shipped: float) -> str:
     per = {t: {w: float(np.mean([done[f"{'+'.join(t[0])}>{t[1]}|{s}"][str(w)]
                                  for s in range(SEEDS)])) for w in WEIGHTS}
            for t in tasks(names)}
-    chosen, nested = {}, []
-    for held in names:
-        train = [t for t in per if t[1] != held]
-        chosen[held] = max(WEIGHTS, key=lambda w: np.mean([per[t][w] for t in train]))
-        nested += [per[t][chosen[held]] for t in per if t[1] == held]
+    chosen, nested = choose_leave_one_corpus_out(per, WEIGHTS, names)
     head = "| task | " + " | ".join(f"w = {w:g}" for w in WEIGHTS) + " |"
     lines = [head, "|---|" + "---|" * len(WEIGHTS)]
     lines += [f"| {task_name(*t)} | " + " | ".join(f"{per[t][w]:.1f}" for w in WEIGHTS) + " |"
@@ -81,16 +76,8 @@ def main() -> None:
     from emobridge.methods.recommended import Recommended
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
-    ap.add_argument("--store", type=Path, default=REPO / "cache" / "features")
     ap.add_argument("--write", action="store_true")
-    args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
-    names = [n for n in CORPORA if (args.corpora / FOLDERS.get(n, n)).is_dir()]
-    data = load_data(args.corpora, names, args.store)
+    args, names, data = grid_inputs(ap)
     cache = REPO / "benchmarks" / "out" / "labelled_weight.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
     body = report(measure(data, names, cache), names, Recommended().labelled_weight)

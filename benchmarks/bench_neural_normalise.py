@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from _common import DEFAULT_CORPORA, FOLDERS, REPO, write_section
-from bench_grid import CORPORA, load_data, task_name, tasks
+from _common import REPO, write_section
+from bench_grid import choose_leave_one_corpus_out, grid_inputs, task_name, tasks
 from emobridge.fileio import write_text_atomic
 
 MODES = ("global", "per_corpus", "per_speaker")
@@ -70,11 +69,7 @@ def report(done: dict, names: list[str], shipped: str, variant: str | None) -> s
     per = {t: {m: float(np.mean([done[f"{'+'.join(t[0])}>{t[1]}|{s}"][m]
                                  for s in range(SEEDS)])) for m in MODES}
            for t in tasks(names)}
-    chosen, nested = {}, []
-    for held in names:
-        train = [t for t in per if t[1] != held]
-        chosen[held] = max(MODES, key=lambda m: np.mean([per[t][m] for t in train]))
-        nested += [per[t][chosen[held]] for t in per if t[1] == held]
+    chosen, nested = choose_leave_one_corpus_out(per, MODES, names)
     lines = ["| task | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
     lines += [f"| {task_name(*t)} | " + " | ".join(f"{per[t][m]:.1f}" for m in MODES) + " |"
               for t in per]
@@ -97,17 +92,9 @@ def main() -> None:
     from emobridge.methods.neural import NeuralMethod
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
-    ap.add_argument("--store", type=Path, default=REPO / "cache" / "features")
     ap.add_argument("--variant", choices=["confounded"])
     ap.add_argument("--write", action="store_true")
-    args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
-    names = [n for n in CORPORA if (args.corpora / FOLDERS.get(n, n)).is_dir()]
-    data = load_data(args.corpora, names, args.store)
+    args, names, data = grid_inputs(ap)
     suffix = f"-{args.variant}" if args.variant else ""
     cache = REPO / "benchmarks" / "out" / f"neural_normalise{suffix}.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
