@@ -75,6 +75,56 @@ def test_auto_normalisation_refuses_per_speaker_on_confounded_target():
     assert ua_auto > ua_forced + 0.2  # per-speaker z-scoring erased the emotion
 
 
+def test_entropy_comparison_falls_back_when_the_other_tests_are_off():
+    """With the share and association tests switched off, the third compares the two
+    self-trained runs: on a target whose speakers each record one class, per-speaker
+    statistics subtract the class and leave the model less certain, so the per-corpus run
+    is kept, with a warning and both entropies in the report; off (``None``), one run."""
+    rng = np.random.default_rng(1)
+    src, _ = _domain(rng, "aa", 8, 10, shift=0.0)
+    tgt, _ = _domain(np.random.default_rng(1), "bb", 8, 10, shift=1.0, confound=True)
+    blind = {"confound_share": 1.0, "confound_association": 1.0}
+    with pytest.warns(EmobridgeWarning, match="less certain than the per-corpus one"):
+        method = build_method("recommended", **blind).fit(src, tgt.without_labels())
+    report = method.fit_report()
+    assert method.normalisation_ == report["normalisation"] == "per_corpus"
+    assert report["target_entropy_per_speaker"] > 1.03 * report["target_entropy_per_corpus"]
+    assert "entropy" in report["fell_back"]
+    forced = build_method("recommended", normalise="per_corpus").fit(src, tgt.without_labels())
+    assert np.allclose(method.predict_proba(tgt), forced.predict_proba(tgt))
+    off = build_method("recommended", confound_entropy=None, **blind).fit(
+        src, tgt.without_labels())
+    assert off.normalisation_ == "per_speaker"
+    assert "target_entropy_per_speaker" not in off.fit_report()
+    assert unweighted_average_recall(tgt.labels, method.predict(tgt)) > \
+        unweighted_average_recall(tgt.labels, off.predict(tgt)) + 0.2
+
+
+def test_entropy_comparison_keeps_per_speaker_on_acted_targets():
+    """Every speaker shows every class (with its own voice offset): the per-speaker run is
+    the more certain one and is kept, silently."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    src, _ = _domain(rng, "aa", 8, 10, shift=0.0)
+    tgt, _ = _domain(np.random.default_rng(0), "bb", 6, 10, shift=3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmobridgeWarning)
+        method = build_method("recommended").fit(src, tgt.without_labels())
+    report = method.fit_report()
+    assert method.normalisation_ == "per_speaker" and "fell_back" not in report
+    assert report["target_entropy_per_speaker"] <= 1.03 * report["target_entropy_per_corpus"]
+    saved = Recommended.from_state(*method.get_state())
+    assert saved.fit_report()["target_entropy_per_corpus"] == report[
+        "target_entropy_per_corpus"]
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), "high"])
+def test_bad_entropy_rise_is_a_config_error(value):
+    with pytest.raises(ConfigError, match="confound_entropy"):
+        build_method("recommended", confound_entropy=value).check_settings()
+
+
 def test_speaker_association_is_bias_corrected():
     from emobridge.methods.recommended import speaker_association
 

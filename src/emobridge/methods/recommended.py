@@ -20,7 +20,11 @@ What it is, in the order the data flow through it (measured in ``benchmarks/RESU
    per-corpus first model's predictions on the target. The second was added for targets
    whose speakers each keep mostly one emotion but whose first predictions are too noisy
    for the share to pass 0.6; its threshold was chosen leave-one-corpus-out on the stress
-   variants of the grid (``benchmarks/RESULTS.md``, "grid-confounded").
+   variants of the grid (``benchmarks/RESULTS.md``, "grid-confounded"). When neither fires,
+   a third compares the two outcomes: the whole recipe (steps 3-4) is run with either
+   statistics, and the per-corpus run is kept when the per-speaker one ends less certain
+   on the target (mean prediction entropy higher by more than ``confound_entropy``): a
+   per-speaker model whose speakers' emotion was subtracted is left guessing.
 3. **Classifier**: one class-balanced logistic regression (``C``) per layer block; their
    probabilities are averaged (a layer ensemble).
 4. **Self-training** on the unlabelled target: ``rounds`` rounds; round r pseudo-labels the
@@ -34,11 +38,11 @@ What it is, in the order the data flow through it (measured in ``benchmarks/RESU
 
 Every hyper-parameter was fixed before the grid was scored, from the references of issue 17
 (layer 3, C = 0.1, 4 rounds of 20/40/60/80 %) and leave-one-source-corpus-out checks; the
-two added later (``confound_association``, ``labelled_weight``) were chosen leave-one-
-corpus-out on the grid and its stress variants, each held-out target scored with a value
-chosen on the other four. No target test label chooses anything. Transductive by design:
-the target statistics and pseudo-labels use the target pool the caller passes as
-``target_unlabelled``.
+three added later (``confound_association``, ``confound_entropy``, ``labelled_weight``)
+were chosen leave-one-corpus-out on the grid and its stress variants, each held-out target
+scored with a value chosen on the other four. No target test label chooses anything.
+Transductive by design: the target statistics and pseudo-labels use the target pool the
+caller passes as ``target_unlabelled``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,20 @@ from emobridge.methods.normalise import FeatureNormaliser
 RECIPE_FEATURES = "whisper:backend=torch,layer=[2,3,4],pooling=mean,level=rms"
 
 NormaliseChoice = Literal["auto", "per_speaker", "per_corpus"]
+
+
+class _Run(NamedTuple):
+    """One normalisation's fit: its statistics, the final classifiers, what each round
+    pseudo-labelled, the target's predicted class shares, and the final models' mean
+    prediction entropy on the target (nats; ``None`` without a target)."""
+
+    normaliser: FeatureNormaliser
+    models: list
+    pseudo_labels: list[dict[str, float]]
+    target_shares: list[list[float]]
+    entropy: float | None
+
+
 SpeakerStatistics = Literal["plain", "balanced"]
 
 
@@ -91,6 +109,15 @@ class Recommended(AdaptationMethod):
         Acted corpora, where every speaker shows every emotion, measure 0.09-0.34 on the
         predictions of a cross-lingual first model (speaker bias of that model); targets
         whose speakers keep 56-81 % of one class measure 0.00-0.68, mostly above 0.35.
+    confound_entropy:
+        ``"auto"``, when neither test above fires: the per-corpus recipe is also fitted,
+        and kept instead of the per-speaker one when the per-speaker model's mean
+        prediction entropy on the target is higher by more than this fraction (``None``:
+        not compared, one fit). Acted targets leave the per-speaker model the more
+        certain; where speakers keep mostly one emotion, per-speaker statistics subtract
+        it and the model is left guessing. 0.03 was chosen leave-one-corpus-out on the
+        grid and its stress variants (RESULTS.md, "confound"); the second fit doubles the
+        adaptation time.
     speaker_statistics:
         Per-speaker statistics as ``"plain"`` mean / std of each speaker's utterances, or
         ``"balanced"``: those of an equal mixture of its classes, weighted by labels on
@@ -121,6 +148,7 @@ class Recommended(AdaptationMethod):
         min_speaker_utterances: int = 8,
         confound_share: float = 0.6,
         confound_association: float = 0.37,
+        confound_entropy: float | None = 0.03,
         speaker_statistics: SpeakerStatistics = "plain",
         labelled_weight: float = 10.0,
         max_iter: int = 2000,
@@ -141,6 +169,10 @@ class Recommended(AdaptationMethod):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"recommended: {name} must be in (0, 1], got "
                                   f"{getattr(self, name)!r}")
+        if self.confound_entropy is not None and not (
+                np.isfinite(self.confound_entropy) and self.confound_entropy >= 0):
+            raise ConfigError(f"recommended: confound_entropy must be a finite number >= 0 "
+                              f"or null, got {self.confound_entropy!r}")
         if not (np.isfinite(self.labelled_weight) and self.labelled_weight > 0):
             raise ConfigError(f"recommended: labelled_weight must be a finite number > 0, "
                               f"got {self.labelled_weight!r}")
@@ -187,11 +219,12 @@ class Recommended(AdaptationMethod):
         models = self._fit_blocks(self._blocks(train), train.labels)
         return self._proba(models, self._blocks(target))
 
-    def _speaker_weights(self, labelled: Sequence[EmotionData], target: EmotionData | None,
-                         posteriors: np.ndarray | None) -> list[np.ndarray | None] | None:
+    def _speaker_weights(self, mode: str, labelled: Sequence[EmotionData],
+                         target: EmotionData | None, posteriors: np.ndarray | None
+                         ) -> list[np.ndarray | None] | None:
         """Class weights per dataset for class-balanced speaker statistics (labels one-hot
         for labelled data, first-pass posteriors for the target), or ``None``."""
-        if self.speaker_statistics != "balanced" or self.normalisation_ != "per_speaker":
+        if self.speaker_statistics != "balanced" or mode != "per_speaker":
             return None
         eye = np.eye(len(self.classes_))
         weights: list[np.ndarray | None] = [eye[d.labels] for d in labelled]
@@ -245,8 +278,10 @@ class Recommended(AdaptationMethod):
             target_labelled: EmotionData | None = None,
             validation: EmotionData | None = None) -> Recommended:
         """Normalise, fit the layer ensemble on source (+ ``target_labelled``), then
-        self-train on ``target_unlabelled`` (its labels are never read). ``validation`` is
-        not used: nothing is selected on it."""
+        self-train on ``target_unlabelled`` (its labels are never read). With
+        ``normalise="auto"`` and per-speaker statistics chosen, the per-corpus recipe is
+        also fitted and kept instead when the per-speaker one is less certain on the target
+        (:meth:`_less_certain`). ``validation`` is not used: nothing is selected on it."""
         self._check(source)
         self.classes_, self.input_dim_ = tuple(source.classes), source.dim
         labelled = [d for d in (source, target_labelled) if d is not None and len(d)]
@@ -255,30 +290,65 @@ class Recommended(AdaptationMethod):
         posteriors = self._first_pass(labelled, target) if target is not None and (
             self.normalise == "auto" or self.speaker_statistics == "balanced") else None
         self.normalisation_ = self.choose_normalisation(labelled, target, posteriors)
-        self.fit_report_["normalisation"] = self.normalisation_
-        self.normaliser_ = self._normaliser(
-            self.normalisation_, labelled + [target] * bool(target),
-            self._speaker_weights(labelled, target, posteriors))
-        train = EmotionData.concat(labelled)
-        blocks, labels = self._blocks(train), train.labels
         weights = np.concatenate([np.full(len(d), 1.0 if d is source else self.labelled_weight)
                                   for d in labelled])
-        self.models_ = self._fit_blocks(blocks, labels, weights)
-        self.pseudo_labels_: list[dict[str, float]] = []
+        run = self._self_train(self.normalisation_, labelled, weights, target, posteriors)
+        if (self.normalise == "auto" and self.normalisation_ == "per_speaker"
+                and target is not None and self.confound_entropy is not None):
+            other = self._self_train("per_corpus", labelled, weights, target, posteriors)
+            if self._less_certain(run, other):
+                run, self.normalisation_ = other, "per_corpus"
+        self.fit_report_["normalisation"] = self.normalisation_
+        self.normaliser_, self.models_ = run.normaliser, run.models
+        self.pseudo_labels_: list[dict[str, float]] = run.pseudo_labels
         #: the target pool's predicted class shares before each round and after the last
-        self.target_shares_: list[list[float]] = []
-        if target is not None:
-            tblocks = self._blocks(target)
-            for fraction in self.rounds:
-                proba = self._proba(self.models_, tblocks)
-                rows, pseudo = self._balanced_pick(proba, fraction)
-                self.models_ = self._fit_blocks(
-                    [np.vstack([b, t[rows]]) for b, t in zip(blocks, tblocks, strict=True)],
-                    np.concatenate([labels, pseudo]), np.r_[weights, np.ones(len(rows))])
-                self.pseudo_labels_.append({"fraction": float(fraction), "rows": len(rows)})
-                self.target_shares_.append(_shares(proba))
-            self.target_shares_.append(_shares(self._proba(self.models_, tblocks)))
+        self.target_shares_: list[list[float]] = run.target_shares
         return self
+
+    def _self_train(self, mode: str, labelled: list[EmotionData], weights: np.ndarray,
+                    target: EmotionData | None, posteriors: np.ndarray | None) -> _Run:
+        """Statistics ``mode``, the layer ensemble on ``labelled`` (row ``weights``), then
+        the self-training rounds on ``target``; leaves ``normaliser_`` set to this run's."""
+        self.normaliser_ = self._normaliser(
+            mode, labelled + [target] * bool(target),
+            self._speaker_weights(mode, labelled, target, posteriors))
+        train = EmotionData.concat(labelled)
+        blocks, labels = self._blocks(train), train.labels
+        models = self._fit_blocks(blocks, labels, weights)
+        picked: list[dict[str, float]] = []
+        shares: list[list[float]] = []
+        if target is None:
+            return _Run(self.normaliser_, models, picked, shares, None)
+        tblocks = self._blocks(target)
+        for fraction in self.rounds:
+            proba = self._proba(models, tblocks)
+            rows, pseudo = self._balanced_pick(proba, fraction)
+            models = self._fit_blocks(
+                [np.vstack([b, t[rows]]) for b, t in zip(blocks, tblocks, strict=True)],
+                np.concatenate([labels, pseudo]), np.r_[weights, np.ones(len(rows))])
+            picked.append({"fraction": float(fraction), "rows": len(rows)})
+            shares.append(_shares(proba))
+        proba = self._proba(models, tblocks)
+        shares.append(_shares(proba))
+        entropy = float(-(proba * np.log(np.clip(proba, 1e-12, None))).sum(axis=1).mean())
+        return _Run(self.normaliser_, models, picked, shares, entropy)
+
+    def _less_certain(self, per_speaker: _Run, per_corpus: _Run) -> bool:
+        """Whether the per-speaker run's mean prediction entropy on the target exceeds the
+        per-corpus run's by more than the fraction ``confound_entropy`` (then warns and
+        records why). Where speakers keep mostly one emotion, per-speaker statistics
+        subtract it and the self-trained model is left less certain than the per-corpus one;
+        on acted targets it is the more certain of the two."""
+        ps, pc = float(per_speaker.entropy or 0.0), float(per_corpus.entropy or 0.0)
+        self.fit_report_["target_entropy_per_speaker"] = round(ps, 4)
+        self.fit_report_["target_entropy_per_corpus"] = round(pc, 4)
+        rise = (ps - pc) / max(pc, 1e-12)
+        if self.confound_entropy is None or rise <= self.confound_entropy:
+            return False
+        _confounded("the target data", f"the per-speaker model is less certain than the "
+                    f"per-corpus one (mean entropy {ps:.3f} vs {pc:.3f} nats, {rise:+.0%} > "
+                    f"{self.confound_entropy:.0%})", self.fit_report_)
+        return True
 
     def choose_normalisation(self, labelled: Sequence[EmotionData],
                              target: EmotionData | None,
