@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -542,11 +543,7 @@ class Bench:
                                       self.work / "ref-extract.log")
         ref = store_arrays(ref_store)
         n = len(ref)
-        for i in range(kills):
-            t0 = time.perf_counter()
-            it = self.work / "it"
-            shutil.rmtree(it, ignore_errors=True)
-            it.mkdir()
+        for i, it in self._iterations(tally, kills):
             store = it / "store"
             p = self.start(self.extract_cmd(store), it / "kill.log", self.env)
             killed = p.kill_at(self.rng.uniform(0, tally.ref_s))
@@ -555,8 +552,6 @@ class Bench:
             self._after_resume(tally, i, rc, q, store, ref,
                                partial(compare_features, store, ref_store,
                                        self.work / "all.csv"))
-            tally.seconds.append(time.perf_counter() - t0)
-            self._progress(tally, i, kills)
         return tally
 
     def writers(self, kills: int) -> Tally:
@@ -571,11 +566,7 @@ class Bench:
         tally.ref_s = time.perf_counter() - t0
         ref = store_arrays(ref_store)
         n = len(ref)
-        for i in range(kills):
-            t0 = time.perf_counter()
-            it = self.work / "it"
-            shutil.rmtree(it, ignore_errors=True)
-            it.mkdir()
+        for i, it in self._iterations(tally, kills):
             store = it / "store"
             which = self.rng.choice(("a", "b", "both"))
             times = [self.rng.uniform(0, tally.ref_s) for _ in range(2)]
@@ -602,8 +593,6 @@ class Bench:
             self._after_resume(tally, i, rc, q, store, ref,
                                partial(compare_features, store, ref_store,
                                        self.work / "all.csv"))
-            tally.seconds.append(time.perf_counter() - t0)
-            self._progress(tally, i, kills)
         return tally
 
     def run(self, kills: int) -> Tally:
@@ -614,11 +603,7 @@ class Bench:
                                       env)
         ref = store_arrays(self.work / "ref-run-store")
         n_cells = len(list((ref_out / "cells").iterdir()))
-        for i in range(kills):
-            t0 = time.perf_counter()
-            it = self.work / "it"
-            shutil.rmtree(it, ignore_errors=True)
-            it.mkdir()
+        for i, it in self._iterations(tally, kills):
             out, store = it / "out", it / "store"
             env = {**self.env, "CRASH_STORE": str(store)}
             p = self.start(self.run_cmd(out), it / "kill.log", env)
@@ -629,8 +614,6 @@ class Bench:
             rc, _, q = self._complete(self.run_cmd(out), it / "resume.log", env)
             self._after_resume(tally, i, rc, q, store, ref, partial(compare_run, out, ref_out),
                                out=out)
-            tally.seconds.append(time.perf_counter() - t0)
-            self._progress(tally, i, kills)
         return tally
 
     def train(self, kills: int) -> Tally:
@@ -644,11 +627,7 @@ class Bench:
         ref_out = self.work / "ref-train"
         tally.ref_s = self._reference("train", self.train_cmd(ref_out),
                                       self.work / "ref-train.log")
-        for i in range(kills):
-            t0 = time.perf_counter()
-            it = self.work / "it"
-            shutil.rmtree(it, ignore_errors=True)
-            it.mkdir()
+        for i, it in self._iterations(tally, kills):
             out = it / "out"
             p = self.start(self.train_cmd(out), it / "kill.log", self.env)
             killed = p.kill_at(self.rng.uniform(0, tally.ref_s))
@@ -659,11 +638,21 @@ class Bench:
             rc, _, q = self._complete(self.train_cmd(out), it / "resume.log")
             self._after_resume(tally, i, rc, q, store, ref, partial(compare_train, out, ref_out),
                                out=out)
-            tally.seconds.append(time.perf_counter() - t0)
-            self._progress(tally, i, kills)
         return tally
 
     # -- shared steps --------------------------------------------------------------------
+
+    def _iterations(self, tally: Tally, kills: int) -> Iterator[tuple[int, Path]]:
+        """Each kill's index and fresh work folder; times the iteration and reports
+        progress when the caller's loop body is done."""
+        for i in range(kills):
+            t0 = time.perf_counter()
+            it = self.work / "it"
+            shutil.rmtree(it, ignore_errors=True)
+            it.mkdir()
+            yield i, it
+            tally.seconds.append(time.perf_counter() - t0)
+            self._progress(tally, i, kills)
 
     def _after_kill(self, tally: Tally, i: int, killed: bool, procs: list[Proc], store: Path,
                     ref: dict, n: int, out: Path | None = None,
