@@ -20,7 +20,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import DEFAULT_CORPORA, REPO, write_section
+from _common import DEFAULT_CORPORA, REPO, free_port, rss_mb, write_section
 
 PYTHON = sys.executable
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep
@@ -70,19 +69,6 @@ def bench_predict(folder: Path, model: list[str], limit: int | None, out: Path
     seconds = audio_seconds(files)
     return {"files": len(files), "audio_s": seconds, "wall_s": wall,
             "x_real_time": seconds / wall, "first_result_s": first}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def clip_bytes(path: Path, seconds: float = 3.0, rate: int | None = None) -> bytes:

@@ -19,7 +19,6 @@ import argparse
 import io
 import os
 import random
-import socket
 import subprocess
 import threading
 import time
@@ -27,22 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DEFAULT_CORPORA, REPO, load_manifest, write_section
+from _common import DEFAULT_CORPORA, REPO, free_port, load_manifest, rss_mb, write_section
 
 WINDOW_S = 300.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _clips(corpora: Path) -> tuple[list[bytes], bytes]:
@@ -151,7 +137,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     clips, long_clip = _clips(args.corpora)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(REPO / ".venv" / "bin" / "emobridge"), "serve", "--port",
                                str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -176,11 +162,11 @@ def main() -> None:
         for t in threads:
             t.start()
         while time.time() < stop:
-            rss.append((time.time(), _rss_mb(server.pid)))
+            rss.append((time.time(), rss_mb(server.pid)))
             time.sleep(10)
         for t in threads:
             t.join()
-        rss.append((time.time() - 1e-3, _rss_mb(server.pid)))
+        rss.append((time.time() - 1e-3, rss_mb(server.pid)))
     finally:
         server.terminate()
         server.wait()
