@@ -131,7 +131,8 @@ def measure(sources: list[str], frames: dict, frozen: dict, cache: Path) -> dict
     for src in sources:
         if all(f"{src}>{t}" in done for t in NAMES if t != src):
             continue
-        encoder = encoder or build_extractor(FRAMES).load()
+        if encoder is None:
+            encoder = build_extractor(FRAMES).load()
         blocks, secs = finetune(encoder, frames[src], frozen[src].labels)
         tuned_src = tuned_data(blocks, frames[src], frozen[src])
         for tgt in (t for t in NAMES if t != src):
