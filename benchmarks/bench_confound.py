@@ -40,7 +40,7 @@ ENTROPY_RISES = np.round(np.arange(0.0, 0.205, 0.01), 2)
 def measure(data: dict, names: list[str], cache: Path) -> dict:
     """Per task and variant: both statistics and the UA of each forced normalisation."""
     from emobridge.methods import EmotionData, build_method
-    from emobridge.methods.recommended import _median_top_share, speaker_association
+    from emobridge.methods.recommended import _median_top_share, mean_entropy, speaker_association
     from emobridge.metrics import unweighted_average_recall
     from variants import variant_rows
 
@@ -67,8 +67,7 @@ def measure(data: dict, names: list[str], cache: Path) -> dict:
                     source, target.without_labels())
                 proba = fitted.predict_proba(target)
                 rec[norm] = 100 * unweighted_average_recall(target.labels, proba.argmax(1))
-                rec[f"entropy_{norm}"] = float(-(proba * np.log(np.clip(proba, 1e-12, None))
-                                                 ).sum(axis=1).mean())
+                rec[f"entropy_{norm}"] = mean_entropy(proba)
             done[key] = rec
             write_text_atomic(cache, json.dumps(done))
             print(f"{key}: V {rec['association']:.2f}, per speaker {rec['per_speaker']:.1f}, "

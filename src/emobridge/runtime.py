@@ -7,6 +7,7 @@ One place for each, so a trainer, an extractor and the experiment runner agree o
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from typing import Any
@@ -97,6 +98,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
             torch.backends.cuda.enable_mem_efficient_sdp(False)
 
 
+@functools.cache
 def _glibc() -> Any:
     """The C library when it is glibc (``mallopt`` / ``malloc_trim``), else ``None``."""
     import ctypes

@@ -328,8 +328,7 @@ class Recommended(AdaptationMethod):
             shares.append(_shares(proba))
         proba = self._proba(models, tblocks)
         shares.append(_shares(proba))
-        entropy = float(-(proba * np.log(np.clip(proba, 1e-12, None))).sum(axis=1).mean())
-        return _Run(self.normaliser_, models, picked, shares, entropy)
+        return _Run(self.normaliser_, models, picked, shares, mean_entropy(proba))
 
     def _less_certain(self, per_speaker: _Run, per_corpus: _Run) -> bool:
         """Whether the per-speaker run's mean prediction entropy on the target exceeds the
@@ -470,6 +469,12 @@ def _shares(proba: np.ndarray) -> list[float]:
     distribution as the model of that moment sees it)."""
     counts = np.bincount(proba.argmax(axis=1), minlength=proba.shape[1])
     return [round(float(c) / max(len(proba), 1), 4) for c in counts]
+
+
+def mean_entropy(proba: np.ndarray) -> float:
+    """Mean over rows of the prediction entropy (nats): how uncertain a model is on a pool,
+    the quantity ``confound_entropy`` compares between the two normalisations."""
+    return float(-(proba * np.log(np.clip(proba, 1e-12, None))).sum(axis=1).mean())
 
 
 def _median_top_share(speakers: np.ndarray, labels: np.ndarray, least: int = 1) -> float:
