@@ -1,19 +1,23 @@
-"""Pilot of issue 24's first direction: fine-tune Whisper's middle layers on the labelled
-source, then run the shipped recipe on the tuned layers ("finetune" section).
+"""Issue 24's first direction: fine-tune Whisper's middle layers on the labelled source,
+then run the shipped recipe on the tuned layers ("finetune" section).
 
-    .venv/bin/python benchmarks/bench_finetune.py [--sources ravdess,emodb] [--write]
+    .venv/bin/python benchmarks/bench_finetune.py [--write]
 
-For each source corpus: Whisper base's blocks 2, 3 and 4 (the recipe's layers) are copied
-and trained on that corpus's labelled utterances (4 classes) from the cached output of
-block 1 (`whisper:backend=torch,layer=1,pooling=none,level=rms`), with one linear head per
-block on its mean-pooled output (logits averaged, class-weighted cross-entropy). No target
-audio or label is seen by the tuning. Then every other corpus is the target of the shipped
-recipe (`method: recommended`, transductive, k = 0) twice: on the frozen features
-(`whisper:...,layer=[2,3,4],pooling=mean,level=rms`) and on the tuned blocks' mean-pooled
-outputs; each also without self-training (`rounds: []`); and the mean of the two recipes'
-probabilities (a label-free hedge between them). Settings fixed before any score:
-3 epochs, batches of 8, AdamW (blocks 2e-5, heads 1e-3, weight decay 0.01), seed 0. Pairs
-of single corpora only: a leave-one-corpus-out source takes about 3x longer to tune.
+For each source of the grid (every single corpus, and the four others of each target):
+Whisper base's blocks 2, 3 and 4 (the recipe's layers) are copied and trained on the
+source's labelled utterances (4 classes) from the cached output of block 1
+(`whisper:backend=torch,layer=1,pooling=none,level=rms`), with one linear head per block on
+its mean-pooled output (logits averaged, class-weighted cross-entropy). No target audio or
+label is seen by the tuning. Then the shipped recipe (`method: recommended`, transductive,
+k = 0) runs on every grid task twice, on the frozen features (`whisper:...,layer=[2,3,4],
+pooling=mean,level=rms`) and on the tuned blocks' mean-pooled outputs, on the clean target
+and on the four stress variants of `variants.py` (the rows of `bench_grid.py --variant`;
+for "short", the tuned blocks run on the 1-s windows' frames). Beside them: the mean of the
+two recipes' probabilities, and label-free rules that pick between the runs (by their
+target entropies, or by the source's speaker count), each rule's threshold chosen
+leave-one-corpus-out. Settings fixed before any score: 3 epochs, batches of 8, AdamW (blocks
+2e-5, heads 1e-3, weight decay 0.01), seed 0. Features: this machine's default bfloat16
+autocast (`cpu_bf16=auto`), so the frozen rows differ slightly from the float32 "grid" table.
 """
 
 from __future__ import annotations
@@ -34,23 +38,26 @@ NAMES = ("ravdess", "emodb", "emovo", "ased", "emotiontts")
 CLASSES = ("anger", "happiness", "neutral", "sadness")
 FRAMES = "whisper:backend=torch,layer=1,pooling=none,level=rms"
 EPOCHS, BATCH, LR_BLOCKS, LR_HEADS, WEIGHT_DECAY = 3, 8, 2e-5, 1e-3, 0.01
+OUT = REPO / "benchmarks" / "out" / "finetune"
+VARIANTS = ("clean", "confounded", "skewed", "few_speakers", "short")
 
 
 def load(corpora: Path, store: Path) -> tuple[dict, dict]:
-    """Per corpus: block-1 frames (one array per utterance) and the frozen recipe data."""
-    from emobridge.methods import EmotionData
-    from emobridge.methods.recommended import RECIPE_FEATURES
+    """Per corpus: block-1 frames (one array per utterance), of the whole utterances and of
+    their loudest 1-s windows (``<name>_short``, ``variants.short_manifest``); and the grid's
+    data of the same rows (``bench_grid.load_data``: raw layer 3, RMS layers 2-4, RMS layer
+    3, each also of the 1-s windows)."""
+    from bench_grid import load_data
+    from variants import short_manifest
 
-    manifests = {}
-    for n in NAMES:
-        m = load_manifest(corpora, n)
-        manifests[n] = m[m["emotion"].isin(CLASSES)].reset_index(drop=True)
+    manifests = {n: load_manifest(corpora, n) for n in NAMES}
+    manifests |= {f"{n}_short": short_manifest(manifests[n], REPO / "benchmarks" / "out"
+                                               / "short" / n) for n in NAMES}
     frames = extract_features(store, manifests, FRAMES)
-    pooled = extract_features(store, manifests, RECIPE_FEATURES)
-    frozen = {n: EmotionData.from_manifest(manifests[n], pooled[n], CLASSES) for n in NAMES}
-    for n in NAMES:  # the rows the frozen data keeps are the frames' rows, in order
-        assert len(frozen[n]) == len(frames[n]), n
-    return frames, frozen
+    data = load_data(corpora, list(NAMES), store, short=True)
+    for n in NAMES:  # the rows the grid's data keeps are the frames' rows, in order
+        assert list(data[n]["rms"].ids) == list(manifests[n]["path"]), n
+    return frames, data
 
 
 def pooled_blocks(blocks, xs: list[np.ndarray]) -> list:
@@ -99,84 +106,271 @@ def finetune(encoder, frames: list[np.ndarray], labels: np.ndarray) -> tuple[obj
     return blocks.eval(), time.perf_counter() - t0
 
 
-def tuned_data(blocks, frames: list[np.ndarray], like):
-    """``like`` (the frozen data of the same rows) with the tuned blocks' pooled outputs."""
+def tuned_features(blocks, frames: list[np.ndarray]) -> np.ndarray:
+    """The tuned blocks' mean-pooled outputs (blocks 2, 3, 4 side by side), float16."""
     import torch
 
     feats: list[np.ndarray] = []
     with torch.no_grad():
         for s in range(0, len(frames), 16):
             feats += list(torch.cat(pooled_blocks(blocks, frames[s: s + 16]), 1).numpy())
-    return type(like)([f.astype(np.float32) for f in feats], like.labels, like.speakers,
+    return np.stack(feats).astype(np.float16)
+
+
+def source_key(src: tuple[str, ...]) -> str:
+    return src[0] if len(src) == 1 else "all-but-" + next(n for n in NAMES if n not in src)
+
+
+def tune_all(sources: list[tuple[str, ...]], frames: dict, data: dict, out: Path) -> None:
+    """Tune blocks 2-4 on each source set once; keep every corpus's tuned features on disk
+    (``out/<source>/<corpus>.npy``) and the seconds taken (``tune.json``): resumable."""
+    from emobridge.features.registry import build_extractor
+
+    encoder = None
+    for src in sources:
+        folder = out / source_key(src)
+        if (folder / "tune.json").exists():
+            continue
+        encoder = encoder or build_extractor(FRAMES).load()
+        labels = np.concatenate([data[s]["rms"].labels for s in src])
+        blocks, secs = finetune(encoder, [f for s in src for f in frames[s]], labels)
+        folder.mkdir(parents=True, exist_ok=True)
+        for corpus in frames:
+            np.save(folder / f"{corpus}.npy", tuned_features(blocks, frames[corpus]))
+        write_text_atomic(folder / "tune.json", json.dumps({"seconds": secs}))
+        print(f"tuned on {source_key(src)} in {secs:.0f} s", flush=True)
+
+
+def with_features(like, feats: np.ndarray):
+    """``like`` (EmotionData) with ``feats`` (one row per utterance) as its features."""
+    return type(like)(list(feats.astype(np.float32)), like.labels, like.speakers,
                       like.languages, like.ids, like.classes)
 
 
-def score(source, target) -> tuple[dict, np.ndarray]:
-    """The shipped recipe and the recipe without self-training: UA % and normalisation;
-    and the shipped recipe's probabilities on the target."""
+def tuned_data(folder: Path, data: dict) -> dict:
+    """EmotionData per corpus (and per corpus's 1-s windows, ``<name>_short``) with the
+    tuned features in ``folder``, rows as ``data``."""
+    return {n + cut: with_features(data[n]["rms" + cut], np.load(folder / f"{n}{cut}.npy"))
+            for n in NAMES for cut in ("", "_short")}
+
+
+def recipe(source, target, params: dict) -> tuple[float, np.ndarray]:
+    """UA % of the recipe (``params``) on ``target`` (transductive) and its probabilities."""
     from emobridge.methods import build_method
     from emobridge.metrics import unweighted_average_recall
 
-    out, proba = {}, None
-    for label, params in (("recipe", {}), ("no_st", {"rounds": []})):
-        fitted = build_method("recommended", **params).fit(source, target.without_labels())
-        p = fitted.predict_proba(target)
-        proba = p if proba is None else proba
-        out[label] = 100 * unweighted_average_recall(target.labels, p.argmax(axis=1))
-        out[label + "_norm"] = fitted.normalisation_
-    return out, proba
+    fitted = build_method("recommended", **params).fit(source, target.without_labels())
+    proba = fitted.predict_proba(target)
+    return 100 * unweighted_average_recall(target.labels, proba.argmax(axis=1)), proba
 
 
-def measure(sources: list[str], frames: dict, frozen: dict, cache: Path) -> dict:
-    from emobridge.features.registry import build_extractor
+def score_task(src: tuple[str, ...], tgt: str, rows: np.ndarray, data: dict, tuned: dict,
+               kind: str) -> dict:
+    """One task on the target's ``rows`` (of its 1-s windows for ``kind`` "short"): the
+    recipe on frozen and on tuned features (UA and mean prediction entropy), the mean of
+    their probabilities, and the variant floor's rows (``bench_grid.VARIANT_ROWS``); on the
+    clean target also both without self-training."""
+    from bench_grid import VARIANT_ROWS, score_rows
+    from emobridge.methods import EmotionData
+    from emobridge.methods.recommended import mean_entropy
     from emobridge.metrics import unweighted_average_recall
 
+    cut = "_short" * (kind == "short")
+    frozen = {n + c: data[n]["rms" + c] for n in NAMES for c in ("", "_short")}
+    row, probas = {}, {}
+    for label, feats in (("frozen", frozen), ("tuned", tuned)):
+        source = EmotionData.concat([feats[s] for s in src])
+        target = feats[tgt + cut].subset(rows)
+        row[label], probas[label] = recipe(source, target, {})
+        row[label + "_entropy"] = mean_entropy(probas[label])
+        if kind == "clean":
+            row[label + "_no_st"] = recipe(source, target, {"rounds": []})[0]
+    both = (probas["frozen"] + probas["tuned"]).argmax(axis=1)
+    row["ensemble"] = 100 * unweighted_average_recall(data[tgt]["rms"].labels[rows], both)
+    for label, feature, params in VARIANT_ROWS[1:]:
+        row[label] = score_rows(data, src, tgt, feature, params, rows, cut=bool(cut))[0]
+    return row
+
+
+def measure(names: list[str], frames: dict, data: dict, out: Path) -> dict:
+    """Every grid task (``bench_grid.tasks``) on the clean target and on the variants of
+    ``VARIANTS`` (``variants.py``, the same seeded rows as ``bench_grid.py --variant``)."""
+    from bench_grid import tasks
+    from variants import variant_rows
+
+    grid = tasks(names)
+    cache = out / "scores.json"
     done = json.loads(cache.read_text()) if cache.exists() else {}
-    encoder = None
-    for src in sources:
-        if all("ensemble" in done.get(f"{src}>{t}", {}) for t in NAMES if t != src):
-            continue
-        if encoder is None:
-            encoder = build_extractor(FRAMES).load()
-        blocks, secs = finetune(encoder, frames[src], frozen[src].labels)
-        tuned_src = tuned_data(blocks, frames[src], frozen[src])
-        for tgt in (t for t in NAMES if t != src):
-            (plain, p_plain), (tuned, p_tuned) = score(frozen[src], frozen[tgt]), score(
-                tuned_src, tuned_data(blocks, frames[tgt], frozen[tgt]))
-            both = ((p_plain + p_tuned) / 2).argmax(axis=1)
-            row = {"tune_s": secs, "frozen": plain, "tuned": tuned, "ensemble": 100 *
-                   unweighted_average_recall(frozen[tgt].labels, both)}
-            done[f"{src}>{tgt}"] = row
+    for i, (src, tgt) in enumerate(grid):
+        tune_all([src], frames, data, out)
+        tuned = tuned_data(out / source_key(src), data)
+        ref = data[tgt]["rms"]
+        for kind in VARIANTS:
+            key = f"{kind}|{'+'.join(src)}>{tgt}"
+            if key in done:
+                continue
+            rows = np.arange(len(ref)) if kind == "clean" else variant_rows(
+                kind, ref.labels, ref.speakers, len(ref.classes), rotate=i)
+            done[key] = score_task(src, tgt, rows, data, tuned, kind)
             write_text_atomic(cache, json.dumps(done))
-            print(f"{src} -> {tgt}: frozen {row['frozen']['recipe']:.1f}, tuned "
-                  f"{row['tuned']['recipe']:.1f} (tuning {secs:.0f} s)", flush=True)
+            print(f"{key}: frozen {done[key]['frozen']:.1f}, tuned {done[key]['tuned']:.1f}",
+                  flush=True)
     return done
 
 
-def report(done: dict) -> str:
-    from bench_grid import _ci
+#: Speakers per shared corpus (its README): the speaker-count gate's input.
+SPEAKERS = {"ravdess": 24, "emodb": 10, "emovo": 6, "ased": 18, "emotiontts": 15}
+ENTROPY_MARGINS = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2)
+SPEAKER_COUNTS = (8, 12, 16, 20)
 
-    keys = [f"{s}>{t}" for s in NAMES for t in NAMES if s != t and f"{s}>{t}" in done]
-    lines = ["| task | recipe, frozen | recipe, tuned | mean of the two recipes | frozen, no "
-             "self-training | tuned, no self-training | tuning (s) |", "|---" * 7 + "|"]
-    for k in keys:
-        r = done[k]
-        lines.append(f"| {k.replace('>', ' -> ')} | {r['frozen']['recipe']:.1f} | "
-                     f"{r['tuned']['recipe']:.1f} | {r['ensemble']:.1f} | "
-                     f"{r['frozen']['no_st']:.1f} | {r['tuned']['no_st']:.1f} | "
-                     f"{r['tune_s']:.0f} |")
-    cols = [[done[k][w][c] for k in keys] for w, c in (("frozen", "recipe"), ("tuned", "recipe"))]
-    cols.append([done[k]["ensemble"] for k in keys])
-    cols += [[done[k][w]["no_st"] for k in keys] for w in ("frozen", "tuned")]
-    lines.append("| **mean [95 % CI]** | " + " | ".join(f"**{_ci(c)}**" for c in cols) + " | |")
-    better = sum(done[k]["tuned"]["recipe"] > done[k]["frozen"]["recipe"] for k in keys)
+
+def choice(row: dict, src: tuple[str, ...], option: str) -> float:
+    """UA of one label-free way to use the tuned layers: always frozen / tuned, the mean of
+    the two recipes, the tuned run when its mean target entropy is at most ``1 + e`` times
+    the frozen run's (``entropy e``), or when the source has at least S speakers (else the
+    frozen run: ``speakers S``; else the mean of the two: ``speakers S, else mean``)."""
+    if option in ("frozen", "tuned", "ensemble"):
+        return row[option]
+    rule, value, *rest = option.replace(",", "").split(" ")
+    if rule == "entropy":
+        keep = row["tuned_entropy"] <= row["frozen_entropy"] * (1 + float(value))
+    else:
+        keep = sum(SPEAKERS[s] for s in src) >= int(value)
+    return row["tuned" if keep else "ensemble" if rest else "frozen"]
+
+
+OPTIONS = ("frozen", "tuned", "ensemble", *(f"entropy {e:g}" for e in ENTROPY_MARGINS),
+           *(f"speakers {n}" for n in SPEAKER_COUNTS),
+           *(f"speakers {n}, else mean" for n in SPEAKER_COUNTS))
+
+
+def collapsed(row: dict, ua: float) -> bool:
+    """More than 2 points below the better of the per-corpus row and layer 3 + LR."""
+    return ua < max(row["recipe, per-corpus z"], row["layer 3 + LR"]) - 2
+
+
+def summary(done: dict, names: list[str]) -> tuple[list[str], dict, dict]:
+    """Mean UA (and collapses on the variants) of every option; each rule's nested estimate
+    (its margin or count chosen on the other four targets, over all variants together)."""
+    from bench_grid import choose_leave_one_corpus_out, tasks
+
+    grid = tasks(names)
+    per = {(src, tgt, kind): {o: choice(done[f"{kind}|{'+'.join(src)}>{tgt}"], src, o)
+                              for o in OPTIONS} for src, tgt in grid for kind in VARIANTS}
+    lines = ["| option | " + " | ".join(VARIANTS) + " | collapses (variants) |",
+             "|---" * (len(VARIANTS) + 2) + "|"]
+    chosen_all, nested_rows = {}, {}
+    for rule, options in (("entropy", OPTIONS[3:3 + len(ENTROPY_MARGINS)]),
+                          ("speakers", [o for o in OPTIONS if o.startswith("speakers")]),
+                          ("any", OPTIONS)):
+        chosen, _ = choose_leave_one_corpus_out(per, options, names)
+        chosen_all[rule] = chosen
+        nested_rows[f"nested: {rule} rule chosen on the other four targets"] = {
+            key: per[key][chosen[key[1]]] for key in per}
+    rows = {o: {key: per[key][o] for key in per} for o in OPTIONS} | nested_rows
+    for label, values in rows.items():
+        means = [np.mean([v for (s, t, k), v in values.items() if k == kind])
+                 for kind in VARIANTS]
+        falls = sum(collapsed(done[f"{k}|{'+'.join(s)}>{t}"], v)
+                    for (s, t, k), v in values.items() if k != "clean")
+        lines.append(f"| {label} | " + " | ".join(f"{m:.1f}" for m in means) + f" | {falls} |")
+    return lines, chosen_all, rows
+
+
+def goals(done: dict, values: dict, names: list[str]) -> str:
+    """Issue 24's clean-grid goals and the collapses per variant, for one option's UAs
+    (``values``: (source, target, variant) -> UA)."""
+    from bench_grid import REFERENCES, task_name
+
+    clean = {(s, t): v for (s, t, k), v in values.items() if k == "clean"}
+    loco = {t: s for s, t in clean if len(s) > 1}
+    below = [f"{task_name(s, t)} {clean[s, t]:.1f} < B {ref[2]}" for (s0, t), ref in
+             REFERENCES.items() for s in [loco[t] if s0 == "loco" else (s0,)]
+             if clean[s, t] < ref[2]]
+    falls = {kind: sum(collapsed(done[f"{k}|{'+'.join(s)}>{t}"], v) for (s, t, k), v in
+                       values.items() if k == kind) for kind in VARIANTS[1:]}
+    return (f"k = 0 mean {np.mean(list(clean.values())):.1f} (goal 75); RAVDESS -> EMO-DB "
+            f"{clean[('ravdess',), 'emodb']:.1f} (goal 80); ASED -> EMOVO "
+            f"{clean[('ased',), 'emovo']:.1f} (goal 45); below reference B: "
+            f"{'; '.join(below) or 'none'}; collapses " +
+            ", ".join(f"{k} {n}" for k, n in falls.items()))
+
+
+def report(done: dict, names: list[str]) -> str:
+    from bench_grid import _ci, task_name, tasks
+
+    lines = ["| task | recipe, frozen | recipe, tuned | mean of the two | frozen, no "
+             "self-training | tuned, no self-training | entropy frozen / tuned | tuning (s) |",
+             "|---" * 8 + "|"]
+    cols: dict[str, list[float]] = {c: [] for c in ("frozen", "tuned", "ensemble",
+                                                    "frozen_no_st", "tuned_no_st")}
+    for src, tgt in tasks(names):
+        r = done[f"clean|{'+'.join(src)}>{tgt}"]
+        for c in cols:
+            cols[c].append(r[c])
+        secs = json.loads((OUT / source_key(src) / "tune.json").read_text())["seconds"]
+        lines.append(f"| {task_name(src, tgt)} | " + " | ".join(f"{r[c]:.1f}" for c in cols)
+                     + f" | {r['frozen_entropy']:.3f} / {r['tuned_entropy']:.3f} | {secs:.0f} |")
+    lines.append("| **mean [95 % CI]** | " + " | ".join(f"**{_ci(v)}**" for v in cols.values())
+                 + " | | |")
+    table, chosen, rows = summary(done, names)
+    picked = "; ".join(f"{rule}: " + ", ".join(f"{h} {o}" for h, o in c.items())
+                       for rule, c in chosen.items())
     return "\n".join([
         "## Fine-tuning Whisper's middle layers on the source (`benchmarks/bench_finetune.py`)",
-        "", (__doc__ or "").split("\n\n")[2].replace("\n", " "), "",
-        f"UA %, 4 classes, transductive, k = 0; {len(keys)} directed pairs; run "
+        "", " ".join((__doc__ or "").split("\n\n")[2].split()), "",
+        f"UA %, 4 classes, transductive, k = 0; the 25 grid tasks; written "
         f"{time.strftime('%Y-%m-%d %H:%M')} on 2 CPU cores.", "", *lines, "",
-        f"The tuned layers beat the frozen ones under the recipe on {better} of {len(keys)} "
-        "pairs."])
+        "Every option on the clean target and on the stress variants of `variants.py` (the "
+        "rows of `bench_grid.py --variant`; mean UA %), with the variant tasks that fall more "
+        "than 2 points below the better of the frozen recipe's per-corpus row and layer 3 + "
+        "LR (100 variant tasks):", "", *table, "",
+        f"Chosen leave-one-corpus-out (held-out target: option): {picked}.", "",
+        "Issue 24's goals (clean grid) and collapses per variant (of 25 tasks each):", "",
+        *(f"- {label}: {goals(done, rows[label], names)}." for label in rows
+          if label in ("frozen", "tuned", "ensemble") or label.startswith("nested"))])
+
+
+def low_rank(blocks, frozen, rank: int | None) -> tuple[object, int]:
+    """``blocks`` with each weight matrix's change from ``frozen`` cut to its ``rank`` largest
+    singular directions (vectors kept whole; ``None``: unchanged); and the bytes of that
+    change stored in float16 (two factors per matrix), what a bundle would carry."""
+    import torch
+
+    cut, nbytes = copy.deepcopy(blocks), 0
+    with torch.no_grad():
+        for p, q in zip(cut.parameters(), frozen.parameters(), strict=True):
+            delta = p - q.float()
+            if delta.ndim == 2 and rank is not None:
+                u, sv, vt = torch.linalg.svd(delta, full_matrices=False)
+                delta = (u[:, :rank] * sv[:rank]) @ vt[:rank]
+                nbytes += 2 * rank * sum(delta.shape)
+            else:
+                nbytes += 2 * delta.numel()
+            p.copy_(q.float() + delta)
+    return cut.eval(), nbytes
+
+
+def measure_ranks(frames: dict, data: dict, src: str = "ravdess", tgt: str = "emodb") -> str:
+    """The recipe on ``src`` -> ``tgt`` with the tuned blocks' changes cut to low rank."""
+    from emobridge.features.registry import build_extractor
+
+    encoder = build_extractor(FRAMES).load()
+    blocks, _ = finetune(encoder, frames[src], data[src]["rms"].labels)
+    lines = ["| rank of each matrix's change | stored change (MB, float16) | UA % |",
+             "|---|---|---|"]
+    for rank in (4, 16, 64, None):
+        cut, nbytes = low_rank(blocks, encoder.layers[1:4], rank)
+        feats = {n: with_features(data[n]["rms"], tuned_features(cut, frames[n]))
+                 for n in (src, tgt)}
+        ua = recipe(feats[src], feats[tgt], {})[0]
+        lines.append(f"| {rank or 'full'} | {nbytes / 1e6:.2f} | {ua:.1f} |")
+        print(lines[-1], flush=True)
+    return "\n".join([
+        "### Size of the tuned layers (`bench_finetune.py --ranks`)", "",
+        f"{src} -> {tgt}, the recipe on blocks 2-4 tuned on {src} (as above), with each weight "
+        "matrix's change from the pretrained one cut to its largest singular directions "
+        "(truncated SVD; biases and layer norms kept whole).", "", *lines])
 
 
 def main() -> None:
@@ -185,18 +379,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
     ap.add_argument("--store", type=Path, default=REPO / "cache" / "features")
-    ap.add_argument("--sources", default=",".join(NAMES))
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--ranks", action="store_true",
+                    help="measure low-rank cuts of the tuned layers (RAVDESS -> EMO-DB) only")
     args = ap.parse_args()
     torch.set_num_threads(2)
     warnings.simplefilter("ignore")
-    frames, frozen = load(args.corpora, args.store)
-    cache = REPO / "benchmarks" / "out" / "finetune.json"
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    body = report(measure(args.sources.split(","), frames, frozen, cache))
+    frames, data = load(args.corpora, args.store)
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.ranks:
+        name, body = "finetune-ranks", measure_ranks(frames, data)
+    else:
+        name, body = "finetune", report(measure(list(NAMES), frames, data, OUT), list(NAMES))
     print(body)
     if args.write:
-        write_section("finetune", body)
+        write_section(name, body)
 
 
 if __name__ == "__main__":
