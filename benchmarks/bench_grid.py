@@ -137,6 +137,15 @@ def load_data(corpora: Path, names: list[str], store: Path, short: bool = False
     return out
 
 
+def labelled_draw(labels: np.ndarray, n_classes: int, k: int, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` labelled target rows (class-stratified, seeded) and the rest, the test rows."""
+    rng = np.random.default_rng(seed)
+    pick = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k // n_classes + (
+        c < k % n_classes)] for c in range(n_classes)]).astype(int)
+    return pick, np.setdiff1d(np.arange(len(labels)), pick)
+
+
 def score(data: dict, src: tuple[str, ...], tgt: str, variant: str, params: dict,
           k: int, seed: int, method: str = "recommended") -> tuple[float, float]:
     """UA of one fit and its seconds (k labelled target utterances left out of the score)."""
@@ -145,13 +154,8 @@ def score(data: dict, src: tuple[str, ...], tgt: str, variant: str, params: dict
 
     source = EmotionData.concat([data[s][variant] for s in src])
     target = data[tgt][variant]
-    test = np.arange(len(target))
-    labelled = None
-    if k:
-        rng = np.random.default_rng(seed)
-        pick = np.concatenate([rng.permutation(np.flatnonzero(target.labels == c))[:k // 4 + (
-            c < k % 4)] for c in range(len(target.classes))])
-        labelled, test = target.subset(pick), np.setdiff1d(test, pick)
+    pick, test = labelled_draw(target.labels, len(target.classes), k, seed)
+    labelled = target.subset(pick) if k else None
     t0 = time.perf_counter()
     fitted = build_method(method, seed=seed, **params).fit(
         source, target.without_labels(), labelled)
