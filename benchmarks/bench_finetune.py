@@ -121,14 +121,14 @@ def source_key(src: tuple[str, ...]) -> str:
     return src[0] if len(src) == 1 else "all-but-" + next(n for n in NAMES if n not in src)
 
 
-def tune_all(sources: list[tuple[str, ...]], frames: dict, data: dict, out: Path) -> None:
+def tune_all(sources: list[tuple[str, ...]], frames: dict, data: dict) -> None:
     """Tune blocks 2-4 on each source set once; keep every corpus's tuned features on disk
-    (``out/<source>/<corpus>.npy``) and the seconds taken (``tune.json``): resumable."""
+    (``OUT/<source>/<corpus>.npy``) and the seconds taken (``tune.json``): resumable."""
     from emobridge.features.registry import build_extractor
 
     encoder = None
     for src in sources:
-        folder = out / source_key(src)
+        folder = OUT / source_key(src)
         if (folder / "tune.json").exists():
             continue
         encoder = encoder or build_extractor(FRAMES).load()
@@ -198,18 +198,18 @@ def score_task(src: tuple[str, ...], tgt: str, rows: np.ndarray, data: dict, tun
     return row
 
 
-def measure(names: list[str], frames: dict, data: dict, out: Path) -> dict:
+def measure(names: list[str], frames: dict, data: dict) -> dict:
     """Every grid task (``bench_grid.tasks``) on the clean target and on the variants of
     ``VARIANTS`` (``variants.py``, the same seeded rows as ``bench_grid.py --variant``)."""
     from bench_grid import tasks
     from variants import variant_rows
 
     grid = tasks(names)
-    cache = out / "scores.json"
+    cache = OUT / "scores.json"
     done = json.loads(cache.read_text()) if cache.exists() else {}
     for i, (src, tgt) in enumerate(grid):
-        tune_all([src], frames, data, out)
-        tuned = tuned_data(out / source_key(src), data)
+        tune_all([src], frames, data)
+        tuned = tuned_data(OUT / source_key(src), data)
         ref = data[tgt]["rms"]
         for kind in VARIANTS:
             key = f"{kind}|{'+'.join(src)}>{tgt}"
@@ -266,10 +266,9 @@ def summary(done: dict, names: list[str]) -> tuple[list[str], dict, dict]:
     lines = ["| option | " + " | ".join(VARIANTS) + " | collapses (variants) |",
              "|---" * (len(VARIANTS) + 2) + "|"]
     chosen_all, nested_rows = {}, {}
-    for rule, options in (("entropy", OPTIONS[3:3 + len(ENTROPY_MARGINS)]),
-                          ("speakers", [o for o in OPTIONS if o.startswith("speakers")]),
-                          ("any", OPTIONS)):
-        chosen, _ = choose_leave_one_corpus_out(per, options, names)
+    for rule in ("entropy", "speakers", "any"):
+        options = OPTIONS if rule == "any" else [o for o in OPTIONS if o.startswith(rule)]
+        chosen, _ = choose_leave_one_corpus_out(per, tuple(options), names)
         chosen_all[rule] = chosen
         nested_rows[f"nested: {rule} rule chosen on the other four targets"] = {
             key: per[key][chosen[key[1]]] for key in per}
@@ -446,7 +445,7 @@ def main() -> None:
     if args.ranks:
         name, body = "finetune-ranks", measure_ranks(frames, data)
     else:
-        done = measure(list(NAMES), frames, data, OUT)
+        done = measure(list(NAMES), frames, data)
         name, body = "finetune", report(done, list(NAMES), measure_labelled(data, list(NAMES)))
     print(body)
     if args.write:
