@@ -170,6 +170,32 @@ def recipe(source, target, params: dict, k: int = 0, seed: int = 0
     return 100 * unweighted_average_recall(target.labels[test], proba.argmax(axis=1)), proba
 
 
+def frozen_data(data: dict) -> dict:
+    """The frozen recipe features per corpus (and per corpus's 1-s windows, ``<name>_short``),
+    keyed as :func:`tuned_data`."""
+    return {n + c: data[n]["rms" + c] for n in NAMES for c in ("", "_short")}
+
+
+def both_recipes(src: tuple[str, ...], tgt: str, frozen: dict, tuned: dict, rows: np.ndarray,
+                 k: int = 0, seed: int = 0) -> tuple[dict, dict]:
+    """The recipe on frozen and on tuned features (target ``tgt``'s ``rows``; ``k`` of them
+    labelled, drawn with ``seed``): UA of each run and of the mean of their probabilities
+    (``ensemble``); and each run's probabilities on the scored rows."""
+    from bench_grid import labelled_draw
+    from emobridge.methods import EmotionData
+    from emobridge.metrics import unweighted_average_recall
+
+    row, probas = {}, {}
+    for label, feats in (("frozen", frozen), ("tuned", tuned)):
+        row[label], probas[label] = recipe(EmotionData.concat([feats[s] for s in src]),
+                                           feats[tgt].subset(rows), {}, k, seed)
+    labels = frozen[tgt].labels[rows]
+    test = labelled_draw(labels, len(frozen[tgt].classes), k, seed)[1]
+    row["ensemble"] = 100 * unweighted_average_recall(
+        labels[test], (probas["frozen"] + probas["tuned"]).argmax(axis=1))
+    return row, probas
+
+
 def score_task(src: tuple[str, ...], tgt: str, rows: np.ndarray, data: dict, tuned: dict,
                kind: str) -> dict:
     """One task on the target's ``rows`` (of its 1-s windows for ``kind`` "short"): the
@@ -179,20 +205,15 @@ def score_task(src: tuple[str, ...], tgt: str, rows: np.ndarray, data: dict, tun
     from bench_grid import VARIANT_ROWS, score_rows
     from emobridge.methods import EmotionData
     from emobridge.methods.recommended import mean_entropy
-    from emobridge.metrics import unweighted_average_recall
 
     cut = "_short" * (kind == "short")
-    frozen = {n + c: data[n]["rms" + c] for n in NAMES for c in ("", "_short")}
-    row, probas = {}, {}
+    frozen = frozen_data(data)
+    row, probas = both_recipes(src, tgt + cut, frozen, tuned, rows)
     for label, feats in (("frozen", frozen), ("tuned", tuned)):
-        source = EmotionData.concat([feats[s] for s in src])
-        target = feats[tgt + cut].subset(rows)
-        row[label], probas[label] = recipe(source, target, {})
         row[label + "_entropy"] = mean_entropy(probas[label])
         if kind == "clean":
-            row[label + "_no_st"] = recipe(source, target, {"rounds": []})[0]
-    both = (probas["frozen"] + probas["tuned"]).argmax(axis=1)
-    row["ensemble"] = 100 * unweighted_average_recall(data[tgt]["rms"].labels[rows], both)
+            row[label + "_no_st"] = recipe(EmotionData.concat([feats[s] for s in src]),
+                                           feats[tgt + cut].subset(rows), {"rounds": []})[0]
     for label, feature, params in VARIANT_ROWS[1:]:
         row[label] = score_rows(data, src, tgt, feature, params, rows, cut=bool(cut))[0]
     return row
@@ -358,27 +379,18 @@ def report(done: dict, names: list[str], labelled: dict) -> str:
 def measure_labelled(data: dict, names: list[str], k: int = 25, seeds: int = 3) -> dict:
     """Every grid task with ``k`` labelled target utterances (the grid's k = 25 protocol):
     the recipe on frozen and on tuned features and the mean of the two, per seed (cached)."""
-    from bench_grid import labelled_draw, tasks
-    from emobridge.methods import EmotionData
-    from emobridge.metrics import unweighted_average_recall
+    from bench_grid import tasks
 
     cache = OUT / f"k{k}.json"
     done = json.loads(cache.read_text()) if cache.exists() else {}
-    frozen = {n: data[n]["rms"] for n in NAMES}
+    frozen = frozen_data(data)
     for src, tgt in tasks(names):
         key = f"{'+'.join(src)}>{tgt}"
         if len(done.get(key, [])) == seeds:
             continue
-        tuned, rows = tuned_data(OUT / source_key(src), data), []
-        for seed in range(seeds):
-            row, probas = {}, {}
-            for label, feats in (("frozen", frozen), ("tuned", tuned)):
-                row[label], probas[label] = recipe(EmotionData.concat([feats[s] for s in src]),
-                                                   feats[tgt], {}, k, seed)
-            test = labelled_draw(frozen[tgt].labels, len(frozen[tgt].classes), k, seed)[1]
-            row["ensemble"] = 100 * unweighted_average_recall(
-                frozen[tgt].labels[test], (probas["frozen"] + probas["tuned"]).argmax(axis=1))
-            rows.append(row)
+        tuned, everything = tuned_data(OUT / source_key(src), data), np.arange(len(frozen[tgt]))
+        rows = [both_recipes(src, tgt, frozen, tuned, everything, k, seed)[0]
+                for seed in range(seeds)]
         done[key] = rows
         write_text_atomic(cache, json.dumps(done))
         print(f"k={k} {key}: " + ", ".join(f"{c} {np.mean([r[c] for r in rows]):.1f}"
