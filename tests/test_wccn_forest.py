@@ -9,9 +9,9 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 
 from emobridge.errors import ConfigError, EmobridgeError
+from emobridge.fileio import read_arrays
 from emobridge.methods import EmotionData, build_method
 from emobridge.methods.random_forest import RandomForestMethod
-from emobridge.methods.state import read_arrays
 from emobridge.metrics import unweighted_average_recall
 
 CLASSES = ("anger", "happiness", "neutral", "sadness")

@@ -123,6 +123,39 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
                                        allow_nan=False) + "\n")
 
 
+def write_arrays(path: str | os.PathLike[str], arrays: Mapping[str, Any],
+                 metadata: Mapping[str, str] | None = None) -> None:
+    """Write numpy ``arrays`` (and string ``metadata``) to a safetensors file atomically."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    blob = save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                metadata=dict(metadata) if metadata else None)
+    with atomic_open(path, "wb") as fh:  # bytes: the file gets the usual mode, not 0600
+        fh.write(blob)
+
+
+def read_arrays(path: str | os.PathLike[str], with_metadata: bool = False) -> Any:
+    """The arrays of a safetensors file (never a pickle); with ``with_metadata``, also its
+    string metadata (``{}`` when it has none). A missing, irregular or malformed file raises
+    :class:`~emobridge.errors.EmobridgeError` naming it."""
+    from safetensors import safe_open
+
+    from emobridge.errors import EmobridgeError, describe_os_error
+
+    try:
+        with safe_open(str(check_regular_file(path)), framework="np") as fh:
+            arrays = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
+            metadata = dict(fh.metadata() or {})
+    except FileNotFoundError:
+        raise EmobridgeError(f"{path}: weights file is missing") from None
+    except OSError as exc:
+        raise EmobridgeError(f"{path}: cannot read ({describe_os_error(exc)})") from None
+    except Exception as exc:  # safetensors raises its own error types on a bad header
+        raise EmobridgeError(f"{path}: not a readable safetensors file ({exc})") from None
+    return (arrays, metadata) if with_metadata else arrays
+
+
 #: Largest JSON document read (bundle, method, metrics, store metadata): far above any this
 #: toolkit writes, far below what would exhaust memory.
 MAX_JSON_BYTES = 64 * 2**20

@@ -168,7 +168,8 @@ def save_bundle(
     """
     from emobridge import __version__
     from emobridge.features.registry import build_extractor
-    from emobridge.methods.state import WEIGHTS_FILE, method_state, write_arrays
+    from emobridge.fileio import write_arrays
+    from emobridge.methods.state import WEIGHTS_FILE, method_state
 
     ext = build_extractor(extractor)
     directory = Path(directory)
@@ -261,7 +262,8 @@ def _check_files(directory: Path, files: Mapping[str, str]) -> None:
 
 def load_bundle(directory: str | Path, device: str | None = "cpu") -> Bundle:
     """Load and verify a bundle; the method is ready to ``predict_proba``."""
-    from emobridge.methods.state import WEIGHTS_FILE, method_from_state, read_arrays
+    from emobridge.fileio import read_arrays
+    from emobridge.methods.state import WEIGHTS_FILE, method_from_state
 
     directory = Path(directory)
     meta = read_bundle_meta(directory)

@@ -100,7 +100,7 @@ class SourceMemory:
     def write(self, directory: Path, dtype: str = "float16") -> dict[str, Any]:
         """Write :data:`MEMORY_FILE` into ``directory``; returns the JSON description that
         goes into ``bundle.json`` (string tables, sizes, dtype)."""
-        from emobridge.methods.state import write_arrays
+        from emobridge.fileio import write_arrays
 
         if dtype not in _DTYPES:
             raise EmobridgeError(f"source memory dtype must be one of {sorted(_DTYPES)}, "
@@ -123,7 +123,7 @@ class SourceMemory:
     def read(cls, directory: Path, meta: dict[str, Any]) -> SourceMemory:
         """Read what :meth:`write` wrote (the file's checksum is checked by the bundle
         loader first); any inconsistency raises :class:`EmobridgeError`."""
-        from emobridge.methods.state import read_arrays
+        from emobridge.fileio import read_arrays
 
         path = directory / MEMORY_FILE
         try:

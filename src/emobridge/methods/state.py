@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from emobridge.errors import EmobridgeError
-from emobridge.fileio import atomic_open, read_json, write_json_atomic
+from emobridge.fileio import read_arrays, read_json, write_arrays, write_json_atomic
 from emobridge.methods.normalise import FeatureNormaliser
 
 #: File names of a saved method (the bundle uses the same weights file name).
@@ -77,27 +77,6 @@ def restore_scalars(method: Any, scalars: Mapping[str, Any]) -> None:
         if isinstance(value, dict) and set(value) == {"tuple"}:
             value = tuple(value["tuple"])
         setattr(method, name, value)
-
-
-def write_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write ``arrays`` to a safetensors file atomically."""
-    from safetensors.numpy import save
-
-    blob = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
-    with atomic_open(path, "wb") as fh:  # bytes: the file gets the usual mode, not 0600
-        fh.write(blob)
-
-
-def read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Read a safetensors file written by :func:`write_arrays`."""
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise EmobridgeError(f"{path}: weights file is missing") from None
-    except Exception as exc:  # safetensors raises its own error types on a bad header
-        raise EmobridgeError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def save_method_files(directory: str | Path, meta: Mapping[str, Any],

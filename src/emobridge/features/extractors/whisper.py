@@ -49,11 +49,12 @@ import numpy as np
 import torch
 
 from emobridge.audio import normalise_level
-from emobridge.errors import FeatureError
+from emobridge.errors import FeatureError, describe_os_error
 from emobridge.features.base import Extractor
 from emobridge.features.extractors._common import as_mono_float32, check_choice, resolve_device
 from emobridge.features.pooling import LayerSelection, Pooling, pool, select_layers
 from emobridge.features.registry import register_extractor
+from emobridge.models.layer_delta import apply_delta, read_delta
 from emobridge.models.whisper_encoder import (
     HOP_LENGTH_SAMPLES,
     SAMPLE_RATE_HZ,
@@ -68,6 +69,18 @@ OFFLINE_BASE = "base"
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _CT2_COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16",
                       "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
+
+
+def _file_digest(path: str) -> str:
+    """The first 16 hex digits of a file's SHA-256."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+    except OSError as exc:
+        raise FeatureError(f"whisper: cannot read delta file {path} "
+                           f"({describe_os_error(exc)})") from None
 
 
 def _is_ct2_dir(model: str) -> bool:
@@ -177,6 +190,12 @@ class WhisperExtractor(Extractor):
         before the encoder (:func:`~emobridge.audio.normalise_level`), so features do not
         depend on each corpus's recording level (the recommended recipe uses ``rms`` at
         -25 dBFS); ``"none"`` (default) leaves the audio as it is.
+    delta:
+        A weight-delta file (:mod:`emobridge.models.layer_delta`, e.g. written from
+        :func:`emobridge.training.encoder_tuning.span_delta`) added to the encoder's weights
+        when it loads: tuned layers shipped as their change from the pretrained ones. Torch
+        backend only. The file's SHA-256 (not its path) is part of :attr:`id`, so features of
+        tuned and pretrained layers never mix; a file changed after construction is refused.
     """
 
     name = "whisper"
@@ -188,7 +207,8 @@ class WhisperExtractor(Extractor):
                  input_window: Literal["utterance", "30s"] = "utterance",
                  device: str = "cpu", batch_size: int = 8, num_threads: int = 0,
                  cache_dir: str | None = None, level: str = "none",
-                 level_dbfs: float = -25.0, cpu_bf16: str = "auto") -> None:
+                 level_dbfs: float = -25.0, cpu_bf16: str = "auto",
+                 delta: str | None = None) -> None:
         if not isinstance(model, str) or not model:
             raise FeatureError(f"whisper: model must be 'base', a folder or a hub id, "
                                f"got {model!r}")
@@ -239,8 +259,22 @@ class WhisperExtractor(Extractor):
         self.batch_size = batch_size
         self.num_threads = num_threads
         self.cache_dir = cache_dir
+        self.delta, self._delta_digest = self._check_delta(delta)
         self._encoder: Any = None
         self._frontend: WhisperLogMel | None = None
+
+    def _check_delta(self, delta: Any) -> tuple[str | None, str | None]:
+        """The delta file's resolved path and digest, after checking it is one."""
+        if delta is None:
+            return None, None
+        if not isinstance(delta, str) or not delta:
+            raise FeatureError(f"whisper: delta must be the path of a weight-delta file, got "
+                               f"{delta!r}")
+        if self.backend != "torch":
+            raise FeatureError("whisper: delta (tuned layers) needs backend='torch'")
+        path = str(Path(delta).expanduser().resolve())
+        read_delta(path)
+        return path, _file_digest(path)
 
     @staticmethod
     def _check_layer(layer: Any) -> LayerSelection:
@@ -274,6 +308,8 @@ class WhisperExtractor(Extractor):
                   "input_window": self.input_window}
         if self.level != "none":  # only when on, so earlier feature ids stay valid
             params.update(level=self.level, level_dbfs=self.level_dbfs)
+        if self.delta is not None:
+            params["delta"] = self._delta_digest
         return params
 
     # -- model loading ------------------------------------------------------------------------
@@ -304,11 +340,20 @@ class WhisperExtractor(Extractor):
             else:
                 encoder = WhisperEncoder.from_pretrained(self.model, device=self.device,
                                                          dtype=dtype)
+            if self.delta is not None:
+                self._apply_delta(encoder)
             self._encoder = _quantised(encoder) if self.compute_type == "int8" else encoder
             n_mels = encoder.config.n_mels
         self._frontend = WhisperLogMel(n_mels).to(
             "cpu" if self.backend == "ct2" else self.device)
         return self._encoder
+
+    def _apply_delta(self, encoder: WhisperEncoder) -> None:
+        assert self.delta is not None
+        if _file_digest(self.delta) != self._delta_digest:
+            raise FeatureError(f"whisper: delta file {self.delta} changed since this extractor "
+                               "was made (its digest is part of the feature id)")
+        apply_delta(encoder, read_delta(self.delta)[0], source=self.delta)
 
     def __getstate__(self) -> dict[str, Any]:
         # Loaded models stay out of pickles (worker processes reload them).
