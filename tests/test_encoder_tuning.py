@@ -204,3 +204,72 @@ def test_cli_names_a_bad_delta_in_one_line(tiny, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 1 and "nope.safetensors" in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
+
+
+def _labelled_manifest(tmp_path: Path, n: int = 8) -> Path:
+    from emobridge.corpora import make_manifest, write_manifest
+    from tests.conftest import write_tone
+
+    emotions = ("anger", "happiness", "neutral", "sadness")
+    rows = []
+    for i in range(n):
+        path = write_tone(tmp_path / "audio" / f"u{i}.wav", duration_s=0.4,
+                          f0_hz=110 + 30 * (i % 4), seed=i)
+        rows.append({"path": str(path), "corpus": "toy", "language": "it",
+                     "speaker": f"toy:{i % 2}", "gender": "f", "label": emotions[i % 4],
+                     "emotion": emotions[i % 4], "duration_s": 0.4, "sample_rate": 16_000})
+    return write_manifest(make_manifest(rows), tmp_path / "manifest.csv")[0]
+
+
+def test_cli_tune_writes_a_delta_the_extractor_uses(tiny, tmp_path, capsys):
+    folder, _ = tiny
+    manifest = _labelled_manifest(tmp_path)
+    out = tmp_path / "tuned.safetensors"
+    args = ["features", "tune", str(manifest), "-o", str(out), "--store",
+            str(tmp_path / "store"), "--model", str(folder), "--first", "2", "--last", "3",
+            "--epochs", "1", "--rank", "2", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "on 8 utterances" in printed and "dropped" not in printed
+    delta, meta = read_delta(out)
+    assert meta["hidden_states"] == "2-3" and meta["rank"] == "2" and meta["utterances"] == "8"
+    assert delta["layers.1.fc1.weight.u"].shape == (32, 2)
+    assert {k.split(".")[1] for k in delta} == {"1", "2"}
+    ext = WhisperExtractor(model=str(folder), backend="torch", layer=[2, 3], delta=str(out))
+    assert np.isfinite(ext.extract(voiced_tone(0.3), 16_000)).all()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--first", "0"], "1 <= first"),
+    (["--label-set", "nosuch"], "nosuch"),
+    (["--rank", "-1"], "--rank"),
+    (["--first", "3", "--last", "2"], "3..2"),
+])
+def test_cli_tune_refuses_bad_options_in_one_line(tiny, tmp_path, capsys, extra, message):
+    folder, _ = tiny
+    manifest = _labelled_manifest(tmp_path, 4)
+    code = main(["features", "tune", str(manifest), "-o", str(tmp_path / "d.safetensors"),
+                 "--store", str(tmp_path / "store"), "--model", str(folder), "--epochs", "1",
+                 "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert code in (1, 2) and message in err and "Traceback" not in err
+    assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_cli_tune_reports_a_read_only_output_folder(tiny, tmp_path, capsys):
+    folder, _ = tiny
+    manifest = _labelled_manifest(tmp_path, 4)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code = main(["features", "tune", str(manifest), "-o", str(locked / "d.safetensors"),
+                     "--store", str(tmp_path / "store"), "--model", str(folder), "--last",
+                     "3", "--epochs", "1", "--no-progress"])
+    finally:
+        locked.chmod(0o700)
+    err = capsys.readouterr().err.strip()
+    if os.geteuid() == 0:  # root writes anyway: then the delta must be complete
+        assert code == 0 and read_delta(locked / "d.safetensors")[0]
+    else:
+        assert code == 1 and "locked" in err and len(err.splitlines()) == 1

@@ -1,4 +1,5 @@
-"""``emobridge features``: extract features into a store, list / prune it, list extractors."""
+"""``emobridge features``: extract features into a store, list / prune it, list extractors,
+tune Whisper layers into a weight delta."""
 
 from __future__ import annotations
 
@@ -81,6 +82,61 @@ def extract(
         for path, reason in report.failures:
             console.print(f"  {path}: {reason}", soft_wrap=True)
     console.print(f"extractor id: {ext.id}")
+
+
+@app.command()
+def tune(
+    manifests: list[Path] = typer.Argument(..., help="Labelled manifests (.csv or .parquet)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Weight-delta file to write."),
+    store: Path = typer.Option(..., "--store", help="Feature store for the frames."),
+    label_set: str = typer.Option("4class", "--label-set", help="Label set name."),
+    model: str = typer.Option("base", "--model", help="Whisper model (as the extractor's)."),
+    level: str = typer.Option("rms", "--level", help="Audio level: rms, peak or none."),
+    first: int = typer.Option(2, "--first", help="First tuned hidden state."),
+    last: int = typer.Option(4, "--last", help="Last tuned hidden state."),
+    rank: int = typer.Option(16, "--rank", min=0,
+                             help="Rank of each matrix's stored change; 0: whole."),
+    epochs: int = typer.Option(3, "--epochs", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    lr_layers: float = typer.Option(2e-5, "--lr-layers", min=0.0),
+    lr_heads: float = typer.Option(1e-3, "--lr-heads", min=0.0),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress",
+        help="Show progress bars (default: when stderr is a terminal)."),
+) -> None:
+    """Tune Whisper hidden states FIRST..LAST on labelled manifests; write their change as a
+    weight delta for the whisper extractor's delta=<file>."""
+    import time
+
+    import pandas as pd
+
+    from emobridge.corpora import LabelSet, read_manifest
+    from emobridge.methods.recommended import RECIPE_FEATURES
+    from emobridge.models.layer_delta import write_delta
+    from emobridge.training.encoder_tuning import tune_on_manifest
+
+    labels, parts = LabelSet.named(label_set), []
+    for path in manifests:
+        kept, report = labels.apply(read_manifest(path))
+        console.print(f"{path}: {label_set}: {report.summary()}", markup=False, soft_wrap=True)
+        parts.append(kept)
+    manifest = pd.concat(parts, ignore_index=True)
+    if output.is_dir():
+        raise FeatureError(f"--output {output} is a folder; give the delta file's path")
+    start = time.perf_counter()
+    delta, settings = tune_on_manifest(
+        manifest, store, labels.classes, model=model, level=level, first=first, last=last,
+        rank=rank or None, epochs=epochs, batch_size=batch_size, lr_layers=lr_layers,
+        lr_heads=lr_heads, seed=seed, device=device,
+        progress=sys.stderr.isatty() if progress is None else progress)
+    write_delta(output, delta, settings)
+    console.print(f"tuned hidden states {first}-{last} on {len(manifest)} utterances in "
+                  f"{time.perf_counter() - start:.0f} s; wrote {output} "
+                  f"({_human(output.stat().st_size)})", soft_wrap=True)
+    if model == "base" and level == "rms" and (first, last) == (2, 4):
+        console.print(f"features: {RECIPE_FEATURES},delta={output.resolve()}", soft_wrap=True)
 
 
 @app.command("list")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,10 +42,12 @@ from emobridge.training.loop import Trainer
 from emobridge.training.task import EpochContext, TrainingTask
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from emobridge.methods.data import EmotionData
     from emobridge.models.whisper_encoder import WhisperEncoder
 
-__all__ = ["LayerSpanClassifier", "span_delta", "tune_whisper_layers"]
+__all__ = ["LayerSpanClassifier", "span_delta", "tune_on_manifest", "tune_whisper_layers"]
 
 
 class LayerSpanClassifier(nn.Module):
@@ -92,12 +95,16 @@ class _SpanTask(TrainingTask):
         return {"loss": loss}
 
 
-def _check_span(encoder: WhisperEncoder, frames: EmotionData, first: int, last: int) -> None:
+def _check_states(encoder: WhisperEncoder, first: int, last: int) -> None:
     top = encoder.config.n_layers
     if not (isinstance(first, int) and isinstance(last, int) and 1 <= first <= last < top):
         raise ConfigError(f"encoder tuning: hidden states first..last must satisfy 1 <= first "
                           f"<= last < {top} (the top state has the final layer norm), got "
                           f"{first!r}..{last!r}")
+
+
+def _check_span(encoder: WhisperEncoder, frames: EmotionData, first: int, last: int) -> None:
+    _check_states(encoder, first, last)
     if not frames.is_sequence or frames.dim != encoder.config.d_model:
         raise ConfigError(f"encoder tuning: needs frames (pooling=none) of hidden state "
                           f"{first - 1} with {encoder.config.d_model} dims, got "
@@ -138,3 +145,39 @@ def span_delta(encoder: WhisperEncoder, span: LayerSpanClassifier, first: int,
     tuned = {f"layers.{first - 1 + i}.{name}": value for i, layer in enumerate(span.layers)
              for name, value in layer.state_dict().items()}
     return weight_delta(tuned, {name: pretrained[name] for name in tuned}, rank)
+
+
+def tune_on_manifest(manifest: pd.DataFrame, store: str | Path, classes: Sequence[str], *,
+                     model: str = "base", level: str = "rms", first: int = 2, last: int = 4,
+                     rank: int | None = 16, epochs: int = 3, batch_size: int = 8,
+                     lr_layers: float = 2e-5, lr_heads: float = 1e-3,
+                     weight_decay: float = 0.01, seed: int = 0, device: str = "cpu",
+                     progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Hidden states ``first..last`` of Whisper ``model`` tuned on a labelled manifest (its
+    ``emotion`` column mapped into ``classes``): frames of state ``first - 1`` (audio at
+    ``level``, as the recipe's features) extracted into the feature ``store`` (cached rows
+    reused), :func:`tune_whisper_layers`, :func:`span_delta`. Returns the delta and the
+    metadata to write with it (model, states, rank, frames id, settings, version)."""
+    from emobridge import __version__
+    from emobridge.features.extractors.whisper import WhisperExtractor
+    from emobridge.features.store import FeatureStore
+    from emobridge.methods.data import EmotionData
+
+    frames = WhisperExtractor(model=model, backend="torch", layer=first - 1, pooling="none",
+                              level=level, device=device)
+    encoder = frames.load()
+    _check_states(encoder, first, last)  # before the frames are extracted
+    feature_store = FeatureStore(store)
+    feature_store.extract(manifest, frames, progress=progress)
+    data = EmotionData.from_manifest(manifest, feature_store.load(manifest, frames), classes)
+    span = tune_whisper_layers(encoder, data, first, last, epochs=epochs,
+                               batch_size=batch_size, lr_layers=lr_layers, lr_heads=lr_heads,
+                               weight_decay=weight_decay, seed=seed, device=device,
+                               progress=progress)
+    settings = {"model": model, "level": level, "hidden_states": f"{first}-{last}",
+                "rank": str(rank), "frames": frames.id, "utterances": str(len(data)),
+                "classes": ",".join(classes), "epochs": str(epochs),
+                "batch_size": str(batch_size), "lr_layers": str(lr_layers),
+                "lr_heads": str(lr_heads), "weight_decay": str(weight_decay),
+                "seed": str(seed), "emobridge": __version__}
+    return span_delta(encoder, span, first, rank), settings
