@@ -273,3 +273,35 @@ def test_cli_tune_reports_a_read_only_output_folder(tiny, tmp_path, capsys):
         assert code == 0 and read_delta(locked / "d.safetensors")[0]
     else:
         assert code == 1 and "locked" in err and len(err.splitlines()) == 1
+
+
+def test_a_bundle_carries_its_delta_and_refuses_one_from_outside(tiny, tmp_path):
+    import json
+
+    from emobridge.errors import EmobridgeError
+    from emobridge.features.registry import build_extractor
+    from emobridge.inference.bundle import load_bundle, save_bundle
+    from tests.test_inference_bundle import fit_tiny
+
+    folder, encoder = tiny
+    span = tune_whisper_layers(encoder, _frames(encoder, 8), 2, 3, epochs=1)
+    delta = tmp_path / "tuned.safetensors"
+    write_delta(delta, span_delta(encoder, span, 2))
+    ext = WhisperExtractor(model=str(folder), backend="torch", layer=[2, 3], delta=str(delta))
+    saved = save_bundle(fit_tiny("source_only"), tmp_path / "b", extractor=ext.spec())
+    delta.unlink()  # the bundle holds its own copy
+    meta = json.loads((saved / "bundle.json").read_text())
+    assert meta["extractor"]["params"]["delta"] == "delta.safetensors"
+    assert "delta.safetensors" in meta["files"] and meta["feature_id"] == ext.id
+    bundle = load_bundle(saved)
+    assert build_extractor(bundle.extractor_spec).id == ext.id
+    again = save_bundle(bundle.method, tmp_path / "c", extractor=bundle.extractor_spec)
+    assert (again / "delta.safetensors").read_bytes() == (saved / "delta.safetensors") \
+        .read_bytes()
+    plain = save_bundle(bundle.method, again, extractor="logmel:n_mels=8")  # replaced
+    assert not (plain / "delta.safetensors").exists()
+    for hostile in ("/etc/passwd", "../b/delta.safetensors", "model.json", 3):
+        meta["extractor"]["params"]["delta"] = hostile
+        (saved / "bundle.json").write_text(json.dumps(meta))
+        with pytest.raises(EmobridgeError, match="extractor.params.delta"):
+            load_bundle(saved)

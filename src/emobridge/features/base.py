@@ -67,10 +67,15 @@ class Extractor(ABC):
         """``{"name": ..., "params": ...}``: enough to rebuild the extractor (bundles, configs)."""
         return {"name": self.name, "params": self.params()}
 
+    def id_params(self) -> dict[str, Any]:
+        """What :attr:`id` digests: :meth:`params`, unless an extractor keys a file by its
+        content rather than its path (``whisper``'s ``delta``)."""
+        return self.params()
+
     @property
     def id(self) -> str:
         """Stable identifier: name plus a digest of the parameters and :attr:`version`."""
-        params = self.params()
+        params = self.id_params()
         # Version 1 hashes the parameters alone: the ids from before versions stay valid.
         keyed = params if self.version == 1 else {"params": params, "version": self.version}
         blob = json.dumps(keyed, sort_keys=True, default=str).encode()

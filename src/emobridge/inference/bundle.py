@@ -11,6 +11,9 @@ A bundle is a folder::
                         corpus ids, so that the bundle can adapt to a user's recordings
                         (:mod:`emobridge.inference.memory`)
     card.md             (optional) the model card as Markdown
+    delta.safetensors   (optional) tuned encoder layers as a weight delta, when the features
+                        were extracted with one (``whisper:...,delta=<file>``): the file is
+                        copied in and the spec names it by its file name
 
 An *adapted* bundle (``emobridge adapt``) is a bundle like any other; its ``bundle.json``
 also holds ``adaptation``: the domain it was adapted to (files, hours, a digest of the file
@@ -36,6 +39,7 @@ __all__ = ["BUNDLE_JSON", "FORMAT", "FORMAT_VERSION", "Bundle", "load_bundle", "
 
 BUNDLE_JSON = "bundle.json"
 CARD_FILE = "card.md"
+DELTA_FILE = "delta.safetensors"
 FORMAT = "emobridge-bundle"
 #: Bumped when the layout changes so that an old emobridge refuses a newer bundle.
 FORMAT_VERSION = 1
@@ -81,7 +85,12 @@ class Bundle:
 
     @property
     def extractor_spec(self) -> dict[str, Any]:
-        return dict(self.meta["extractor"])
+        """The features' spec, a weight delta resolved to the bundle's own copy."""
+        spec = dict(self.meta["extractor"])
+        params = dict(spec.get("params") or {})
+        if "delta" in params:
+            params["delta"] = str(self.path / params["delta"])
+        return {**spec, "params": params}
 
     @property
     def card(self) -> dict[str, Any]:
@@ -141,7 +150,26 @@ def interrupted_save_files() -> tuple[str, ...]:
     from emobridge.inference.memory import MEMORY_FILE
     from emobridge.methods.state import WEIGHTS_FILE
 
-    return WEIGHTS_FILE, MEMORY_FILE, CARD_FILE
+    return WEIGHTS_FILE, MEMORY_FILE, CARD_FILE, DELTA_FILE
+
+
+def _bundle_extractor(ext: Any, directory: Path) -> tuple[dict[str, Any], list[str]]:
+    """``ext``'s spec for ``bundle.json`` and the files it adds: a weight delta is copied
+    into the bundle (unless it is already the bundle's own) and named by its file name."""
+    from emobridge.fileio import atomic_open
+
+    spec = ext.spec()
+    delta = spec["params"].get("delta")
+    target = directory / DELTA_FILE
+    if delta is None:
+        if target.exists():  # left by the bundle being replaced
+            target.unlink()
+        return spec, []
+    if Path(delta).resolve() != target.resolve():
+        with atomic_open(target, "wb") as fh:
+            fh.write(Path(delta).read_bytes())
+    spec["params"]["delta"] = DELTA_FILE
+    return spec, [DELTA_FILE]
 
 
 def save_bundle(
@@ -177,7 +205,8 @@ def save_bundle(
                        allow=interrupted_save_files())
     state, arrays = method_state(method)
     write_arrays(directory / WEIGHTS_FILE, arrays)
-    files = [WEIGHTS_FILE]
+    spec, files = _bundle_extractor(ext, directory)
+    files.append(WEIGHTS_FILE)
     memory_meta = None
     if memory is not None:
         memory_meta = memory.write(directory)
@@ -189,7 +218,7 @@ def save_bundle(
         files.append(CARD_FILE)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "emobridge_version": __version__,
-        "extractor": ext.spec(), "feature_id": ext.id, "sample_rate_hz": ext.sample_rate_hz,
+        "extractor": spec, "feature_id": ext.id, "sample_rate_hz": ext.sample_rate_hz,
         "classes": list(state["classes"]), "label_set": label_set,
         "method": {"name": state["method"], "params": state.get("params", {}),
                    "state": state},
@@ -246,6 +275,9 @@ def _check_shape(meta: Mapping[str, Any], path: Path) -> None:
          "files", "an object of file names and SHA-256 digests")
     for key in ("card", "training", "memory", "adaptation"):
         need(meta.get(key) is None or isinstance(meta[key], dict), key, "an object or null")
+    delta = meta["extractor"].get("params", {}).get("delta")
+    need(delta is None or (isinstance(delta, str) and delta in files), "extractor.params.delta",
+         "the name of a file of the bundle (listed in files)")
 
 
 def _check_files(directory: Path, files: Mapping[str, str]) -> None:

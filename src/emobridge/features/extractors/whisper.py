@@ -194,8 +194,9 @@ class WhisperExtractor(Extractor):
         A weight-delta file (:mod:`emobridge.models.layer_delta`, e.g. written from
         :func:`emobridge.training.encoder_tuning.span_delta`) added to the encoder's weights
         when it loads: tuned layers shipped as their change from the pretrained ones. Torch
-        backend only. The file's SHA-256 (not its path) is part of :attr:`id`, so features of
-        tuned and pretrained layers never mix; a file changed after construction is refused.
+        backend only. The file's SHA-256 (not its path: :meth:`id_params`) is part of
+        :attr:`id`, so features of tuned and pretrained layers never mix; a file changed
+        after construction is refused.
     """
 
     name = "whisper"
@@ -308,6 +309,13 @@ class WhisperExtractor(Extractor):
                   "input_window": self.input_window}
         if self.level != "none":  # only when on, so earlier feature ids stay valid
             params.update(level=self.level, level_dbfs=self.level_dbfs)
+        if self.delta is not None:
+            params["delta"] = self.delta
+        return params
+
+    def id_params(self) -> dict[str, Any]:
+        """:meth:`params` with the delta file's digest in place of its path."""
+        params = self.params()
         if self.delta is not None:
             params["delta"] = self._delta_digest
         return params
