@@ -40,7 +40,8 @@ def fit_tiny(name: str):
     return method
 
 
-@pytest.mark.parametrize("name", sorted(available_methods()))
+# recommended_tuned reads Whisper frames: its round trip is in test_tuned_recipe.py
+@pytest.mark.parametrize("name", sorted(set(available_methods()) - {"recommended_tuned"}))
 def test_round_trip_gives_identical_probabilities(tmp_path, name):
     method = fit_tiny(name)
     folder = save_bundle(method, tmp_path / "b", extractor=EXTRACTOR,

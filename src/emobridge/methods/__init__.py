@@ -27,3 +27,4 @@ import emobridge.methods.random_forest  # noqa: E402, F401
 import emobridge.methods.recommended  # noqa: E402, F401
 import emobridge.methods.source_only  # noqa: E402, F401
 import emobridge.methods.supervised  # noqa: E402, F401
+import emobridge.methods.tuned_recipe  # noqa: E402, F401

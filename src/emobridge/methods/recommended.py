@@ -160,6 +160,12 @@ class Recommended(AdaptationMethod):
         super().check_settings()
         if not isinstance(self.views, int) or self.views < 1:
             raise ConfigError(f"recommended: views must be an int >= 1, got {self.views!r}")
+        if not (np.isfinite(self.C) and self.C > 0):
+            raise ConfigError(f"recommended: C must be a finite number > 0, got {self.C!r}")
+        for name in ("max_iter", "min_speaker_utterances"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"recommended: {name} must be >= 1, got "
+                                  f"{getattr(self, name)!r}")
         if any(not 0 < float(r) <= 1 for r in self.rounds):
             raise ConfigError(f"recommended: rounds must be fractions in (0, 1], got "
                               f"{list(self.rounds)}")

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from emobridge.methods.data import EmotionData
     from emobridge.models.whisper_encoder import WhisperEncoder
 
-__all__ = ["LayerSpanClassifier", "span_delta", "tune_on_manifest", "tune_whisper_layers"]
+__all__ = ["LayerSpanClassifier", "span_delta", "span_vectors", "tune_on_manifest",
+           "tune_whisper_layers"]
 
 
 class LayerSpanClassifier(nn.Module):
@@ -145,6 +146,28 @@ def span_delta(encoder: WhisperEncoder, span: LayerSpanClassifier, first: int,
     tuned = {f"layers.{first - 1 + i}.{name}": value for i, layer in enumerate(span.layers)
              for name, value in layer.state_dict().items()}
     return weight_delta(tuned, {name: pretrained[name] for name in tuned}, rank)
+
+
+@torch.no_grad()
+def span_vectors(span: LayerSpanClassifier, frames: EmotionData, batch_size: int = 16,
+                 device: str = "cpu") -> EmotionData:
+    """``frames`` (of the state below ``span``) as the span's mean-pooled states side by
+    side, one float32 vector per utterance (what the ``whisper`` extractor gives with
+    ``layer=[first..last], pooling=mean`` on the same audio); utterances of similar length
+    are batched together."""
+    from emobridge.training.batching import collate
+
+    span = span.to(device).eval()
+    order = np.argsort([len(f) for f in frames.features], kind="stable")
+    out: list[np.ndarray] = [np.empty(0)] * len(frames)
+    for start in range(0, len(order), batch_size):
+        rows = order[start: start + batch_size]
+        batch = collate([frames.features[i] for i in rows], np.zeros(len(rows)), rows)
+        pooled = torch.cat(span.pooled(batch.x.to(device), batch.mask.to(device)), dim=1)
+        for i, vector in zip(rows, pooled.float().cpu().numpy(), strict=True):
+            out[i] = vector
+    return type(frames)(out, frames.labels, frames.speakers, frames.languages, frames.ids,
+                        frames.classes)
 
 
 def tune_on_manifest(manifest: pd.DataFrame, store: str | Path, classes: Sequence[str], *,

@@ -1,0 +1,265 @@
+"""``recommended_tuned``: the recommended recipe on Whisper layers tuned toward the target.
+
+Issue 24's first direction: fine-tune Whisper's middle layers (not the word-tuned top) on
+the source plus the pseudo-labelled target, from cached frames. Measured in
+``benchmarks/RESULTS.md`` ("finetune", "finetune-pseudo"); not yet the shipped recipe.
+
+Features: :data:`TUNED_RECIPE_FEATURES`, the frames of hidden state ``first - 1`` (the
+output of Whisper base's first layer, RMS-levelled audio). ``fit``:
+
+1. hidden states ``first..last`` computed by the pretrained layers and mean-pooled: the
+   recipe's own features; the recipe (:class:`~emobridge.methods.recommended.Recommended`,
+   ``recipe`` parameters) runs on them and predicts the target pool;
+2. pseudo-labels: per predicted class, the ``pick_share`` of its target rows with the
+   highest probability (half: a share fixed before any score, as for the recipe's rounds);
+3. the layers are tuned (:func:`~emobridge.training.encoder_tuning.tune_whisper_layers`) on
+   at most ``source_cap`` source utterances (a seeded draw, so that one adaptation from four
+   corpora stays within minutes on 2 CPU cores), the picks with their pseudo-labels and the
+   labelled target utterances with their labels; their change is cut to ``rank`` and
+   rounded to float16 (:mod:`emobridge.models.layer_delta`), so the saved model is the
+   fitted one;
+4. hidden states from the tuned layers, and the recipe again: the final model.
+
+``predict_proba`` runs the tuned layers on the frames it is given. Transductive, as the
+recipe: the pseudo-labels come from the target pool passed as ``target_unlabelled``; no
+target label is read. Without a target pool the layers are tuned on the source alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+from emobridge.errors import ConfigError, EmobridgeError
+from emobridge.methods.base import AdaptationMethod, register_method
+from emobridge.methods.data import EmotionData
+from emobridge.methods.recommended import Recommended
+
+#: Frames of Whisper base's first layer on RMS-levelled audio: what the method reads.
+TUNED_RECIPE_FEATURES = "whisper:backend=torch,layer=1,pooling=none,level=rms"
+
+
+@register_method
+class RecommendedTuned(AdaptationMethod):
+    """The recipe on Whisper hidden states tuned on source + pseudo-labelled target
+    (module docstring). Frames only.
+
+    Parameters
+    ----------
+    encoder_model:
+        The Whisper model of the features (``"base"``, a folder or a hub id).
+    first, last:
+        Tuned hidden states (the features are the frames of state ``first - 1``).
+    pick_share:
+        Share of each predicted class's target rows taken as pseudo-labels.
+    source_cap:
+        Most source utterances in the tuning set (``None``: all).
+    epochs, batch_size, lr_layers, lr_heads, weight_decay:
+        Tuning settings (:func:`~emobridge.training.encoder_tuning.tune_whisper_layers`).
+    rank:
+        Rank of each tuned matrix's stored change (``None``: whole).
+    recipe:
+        Parameters of the recipe run before and after tuning (``seed`` is this method's).
+    device, seed, progress:
+        Where the layers run, the seed of the draw and the tuning, tuning progress bars.
+    """
+
+    name = "recommended_tuned"
+    default_features = TUNED_RECIPE_FEATURES
+
+    def __init__(self, *, encoder_model: str = "base", first: int = 2, last: int = 4,
+                 pick_share: float = 0.5, source_cap: int | None = 1000, epochs: int = 3,
+                 batch_size: int = 8, lr_layers: float = 2e-5, lr_heads: float = 1e-3,
+                 weight_decay: float = 0.01, rank: int | None = None,
+                 recipe: Mapping[str, Any] | None = None, device: str = "cpu",
+                 seed: int = 0, progress: bool = False) -> None:
+        self._store_params(locals())
+
+    def check_settings(self) -> None:
+        super().check_settings()
+        if not 0 < self.pick_share <= 1:
+            raise ConfigError(f"recommended_tuned: pick_share must be in (0, 1], got "
+                              f"{self.pick_share!r}")
+        if self.source_cap is not None and self.source_cap < 1:
+            raise ConfigError(f"recommended_tuned: source_cap must be >= 1 or null, got "
+                              f"{self.source_cap!r}")
+        if self.rank is not None and self.rank < 1:
+            raise ConfigError(f"recommended_tuned: rank must be >= 1 or null, got {self.rank!r}")
+        self._recipe().check_settings()
+
+    def check_features(self, output: Literal["frames", "vector"], dim: int | None) -> None:
+        if output != "frames":
+            raise ConfigError("recommended_tuned: needs frames of the hidden state below the "
+                              f"tuned ones (e.g. {TUNED_RECIPE_FEATURES!r}); got vectors")
+
+    def _recipe(self) -> Recommended:
+        params = dict(self.recipe or {})
+        valid = set(Recommended.param_names()) - {"seed", "views"}  # set here
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise ConfigError(f"recommended_tuned: unknown recipe parameters {unknown}; "
+                              f"valid: {sorted(valid)}")
+        return Recommended(**{**params, "seed": self.seed, "views": self.last - self.first + 1})
+
+    def _span(self, delta: Mapping[str, np.ndarray] | None = None) -> Any:
+        """The pretrained layers ``first..last`` (with ``delta`` added), ready to run."""
+        from emobridge.features.extractors.whisper import WhisperExtractor
+        from emobridge.models.layer_delta import apply_delta
+        from emobridge.training.encoder_tuning import LayerSpanClassifier
+
+        encoder = WhisperExtractor(model=self.encoder_model, backend="torch").load()
+        if not 1 <= self.first <= self.last < encoder.config.n_layers:
+            raise ConfigError(f"recommended_tuned: first..last must satisfy 1 <= first <= "
+                              f"last < {encoder.config.n_layers}, got {self.first}..{self.last}")
+        self.encoder_ = encoder
+        span = LayerSpanClassifier(encoder.layers[self.first - 1: self.last],
+                                   encoder.config.d_model, 1)
+        if delta:
+            shifted = {f"layers.{int(k.split('.')[1]) - self.first + 1}."
+                       f"{k.split('.', 2)[2]}": v for k, v in delta.items()}
+            apply_delta(span, shifted, source="recommended_tuned state")
+        return span.eval()
+
+    def _check_frames(self, data: EmotionData) -> None:
+        if not data.is_sequence or data.dim != self.encoder_.config.d_model:
+            raise ConfigError(f"recommended_tuned: needs frames of hidden state "
+                              f"{self.first - 1} with {self.encoder_.config.d_model} dims "
+                              f"(e.g. {TUNED_RECIPE_FEATURES!r})")
+
+    def _vectors(self, data: EmotionData) -> EmotionData:
+        from emobridge.runtime import torch_device
+        from emobridge.training.encoder_tuning import span_vectors
+
+        self._check_frames(data)
+        return span_vectors(self.span_, data, device=str(torch_device(self.device)))
+
+    # -- fit -------------------------------------------------------------------------------
+    def fit(self, source: EmotionData, target_unlabelled: EmotionData | None = None,
+            target_labelled: EmotionData | None = None,
+            validation: EmotionData | None = None) -> RecommendedTuned:
+        """Recipe on the pretrained layers, tuning on source + confident pseudo-labels (+
+        ``target_labelled``), recipe on the tuned layers (module docstring). ``validation``
+        is not used."""
+        from emobridge.models.layer_delta import weight_delta
+
+        self.check_settings()
+        if not len(source) or not source.is_labelled:
+            raise EmobridgeError("recommended_tuned: source data must be non-empty and "
+                                 "labelled")
+        self.span_ = self._span()
+        self._check_frames(source)
+        self.classes_ = tuple(source.classes)
+        target = target_unlabelled if target_unlabelled is not None and len(
+            target_unlabelled) else None
+        tuning, picked = self._tuning_set(source, target, target_labelled)
+        tuned = self._tune(tuning)
+        pretrained = self.span_.state_dict()
+        delta = weight_delta({k: v for k, v in tuned.state_dict().items()
+                              if k.startswith("layers.")},
+                             {k: v for k, v in pretrained.items() if k.startswith("layers.")},
+                             self.rank)
+        self.delta_ = {f"layers.{int(k.split('.')[1]) + self.first - 1}.{k.split('.', 2)[2]}":
+                       v.astype(np.float16) for k, v in delta.items()}
+        self.span_ = self._span(self.delta_)  # what a loaded model will run
+        self.recipe_ = self._fit_recipe(source, target, target_labelled)
+        self.fit_report_ = {**self.recipe_.fit_report(), "tuned_on": len(tuning),
+                            "pseudo_labelled": picked}
+        return self
+
+    def _fit_recipe(self, source: EmotionData, target: EmotionData | None,
+                    labelled: EmotionData | None) -> Recommended:
+        """The recipe on the current span's vectors."""
+        return self._recipe().fit(
+            self._vectors(source), None if target is None else self._vectors(target),
+            None if labelled is None or not len(labelled) else self._vectors(labelled))
+
+    def _tuning_set(self, source: EmotionData, target: EmotionData | None,
+                    labelled: EmotionData | None) -> tuple[EmotionData, int]:
+        """Capped source draw, the target's confident pseudo-labels, the labelled target;
+        and the number of pseudo-labels."""
+        rng = np.random.default_rng(self.seed)
+        keep = np.arange(len(source)) if self.source_cap is None else np.sort(
+            rng.permutation(len(source))[:self.source_cap])
+        parts, picked = [source.subset(keep)], 0
+        if target is not None:
+            proba = self._fit_recipe(source, target, labelled).predict_proba(
+                self._vectors(target))
+            picks = confident_picks(proba, self.pick_share)
+            picked = len(picks)
+            chosen = target.subset(picks)
+            parts.append(type(chosen)(chosen.features, proba[picks].argmax(axis=1),
+                                      chosen.speakers, chosen.languages, chosen.ids,
+                                      chosen.classes))
+        if labelled is not None and len(labelled):
+            parts.append(labelled)
+        return EmotionData.concat(parts), picked
+
+    def _tune(self, tuning: EmotionData) -> Any:
+        from emobridge.training.encoder_tuning import tune_whisper_layers
+
+        return tune_whisper_layers(
+            self.encoder_, tuning, self.first, self.last, epochs=self.epochs,
+            batch_size=self.batch_size, lr_layers=self.lr_layers, lr_heads=self.lr_heads,
+            weight_decay=self.weight_decay, seed=self.seed, device=self.device,
+            progress=self.progress)
+
+    # -- prediction and state --------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "recipe_"):
+            raise EmobridgeError("recommended_tuned: call fit() (or load()) first")
+
+    def predict_proba(self, data: EmotionData) -> np.ndarray:
+        self._check_fitted()
+        return self.recipe_.predict_proba(self._vectors(data))
+
+    def embed(self, data: EmotionData) -> np.ndarray:
+        """The recipe's standardised vectors of the tuned layers."""
+        self._check_fitted()
+        return self.recipe_.embed(self._vectors(data))
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The recipe's state (its arrays prefixed ``recipe.``) and the layers' change
+        (prefixed ``delta.``, float16)."""
+        self._check_fitted()
+        recipe_meta, recipe_arrays = self.recipe_.get_state()
+        arrays = {f"recipe.{k}": v for k, v in recipe_arrays.items()}
+        arrays.update({f"delta.{k}": v for k, v in self.delta_.items()})
+        return {"method": self.name, "params": self.get_params(),
+                "classes": list(self.classes_), "recipe": recipe_meta,
+                "fit_report": self.fit_report()}, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray],
+                   device: str | None = None) -> RecommendedTuned:
+        """Rebuild from :meth:`get_state`'s output: the pretrained encoder is loaded and the
+        saved change added (checked against it first)."""
+        if meta.get("method") != cls.name:
+            raise EmobridgeError(f"holds method {meta.get('method')!r}, not {cls.name!r}")
+        try:
+            params = {k: v for k, v in meta["params"].items() if k in cls.param_names()}
+            method = cls(**{**params, **({"device": device} if device else {})})
+            method.classes_ = tuple(meta["classes"])
+            method.fit_report_ = dict(meta.get("fit_report") or {})
+            method.recipe_ = Recommended.from_state(meta["recipe"], {
+                k.removeprefix("recipe."): v for k, v in arrays.items()
+                if k.startswith("recipe.")})
+            method.delta_ = {k.removeprefix("delta."): v for k, v in arrays.items()
+                             if k.startswith("delta.")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EmobridgeError(f"recommended_tuned: saved state is incomplete ({exc})"
+                                 ) from None
+        method.span_ = method._span(method.delta_)
+        return method
+
+
+def confident_picks(proba: np.ndarray, share: float) -> np.ndarray:
+    """Row indices: per predicted class, the ``share`` of its rows with the highest
+    probability (at least one), in ascending order."""
+    pred, picks = proba.argmax(axis=1), []
+    for c in np.unique(pred):
+        rows = np.flatnonzero(pred == c)
+        order = np.argsort(-proba[rows, c], kind="stable")
+        picks.append(rows[order][:max(1, int(share * len(rows)))])
+    return np.sort(np.concatenate(picks))
