@@ -548,6 +548,42 @@ def pseudo_report(done: dict, names: list[str]) -> str:
         f"{np.median(adapt):.0f} s, max {max(adapt):.0f} s."])
 
 
+#: Tasks re-run through the shipped method (``--shipped``): the first two of the grid, the
+#: pseudo-label check's all others -> emotiontts and EMOVO -> ASED.
+SHIPPED_TASKS = ((("ravdess",), "emodb"), (("ravdess",), "emovo"),
+                 (("ravdess", "emodb", "emovo", "ased"), "emotiontts"), (("emovo",), "ased"))
+
+
+def measure_shipped(frames: dict, data: dict) -> str:
+    """``method: recommended_tuned`` (the library's path: Trainer, float16 change) on
+    ``SHIPPED_TASKS``, beside this script's own tuning loop (``OUT/pseudo.json``)."""
+    from bench_grid import task_name
+    from emobridge.methods import EmotionData, build_method
+    from emobridge.metrics import unweighted_average_recall
+
+    cached = json.loads((OUT / "pseudo.json").read_text())
+    lines = ["| task | script's loop | `recommended_tuned` | adaptation (s) |", "|---|---|---|---|"]
+    as_frames = {n: with_frames(data[n]["rms"], frames[n]) for n in NAMES}
+    for src, tgt in SHIPPED_TASKS:
+        start = time.perf_counter()
+        method = build_method("recommended_tuned").fit(
+            EmotionData.concat([as_frames[s] for s in src]), as_frames[tgt].without_labels())
+        ua = 100 * unweighted_average_recall(as_frames[tgt].labels,
+                                             method.predict(as_frames[tgt]))
+        loop = cached["+".join(src) + ">" + tgt]["pseudo"]
+        lines.append(f"| {task_name(src, tgt)} | {loop:.1f} | {ua:.1f} | "
+                     f"{time.perf_counter() - start:.0f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(["### The shipped path (`bench_finetune.py --shipped`)", "",
+                      " ".join((measure_shipped.__doc__ or "").split()), "", *lines])
+
+
+def with_frames(like, frames: list[np.ndarray]):
+    """``like`` (EmotionData) with ``frames`` (one array per utterance) as its features."""
+    return type(like)([f.astype(np.float32) for f in frames], like.labels, like.speakers,
+                      like.languages, like.ids, like.classes)
+
+
 def main() -> None:
     import torch
 
@@ -559,6 +595,8 @@ def main() -> None:
                     help="measure low-rank cuts of the tuned layers (RAVDESS -> EMO-DB) only")
     ap.add_argument("--pseudo", action="store_true",
                     help="tune on source + pseudo-labelled target, every grid task")
+    ap.add_argument("--shipped", action="store_true",
+                    help="four tasks through method recommended_tuned")
     args = ap.parse_args()
     torch.set_num_threads(2)
     warnings.simplefilter("ignore")
@@ -566,6 +604,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if args.ranks:
         name, body = "finetune-ranks", measure_ranks(frames, data)
+    elif args.shipped:
+        name, body = "finetune-shipped", measure_shipped(frames, data)
     elif args.pseudo:
         name, body = "finetune-pseudo", pseudo_report(measure_pseudo(frames, data, list(
             NAMES)), list(NAMES))

@@ -119,7 +119,8 @@ class RecommendedTuned(AdaptationMethod):
         if delta:
             shifted = {f"layers.{int(k.split('.')[1]) - self.first + 1}."
                        f"{k.split('.', 2)[2]}": v for k, v in delta.items()}
-            apply_delta(span, shifted, source="recommended_tuned state")
+            apply_delta(span, shifted, source=f"recommended_tuned state (layers numbered "
+                                              f"from hidden state {self.first})")
         return span.eval()
 
     def _check_frames(self, data: EmotionData) -> None:
