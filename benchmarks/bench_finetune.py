@@ -445,26 +445,18 @@ def measure_ranks(frames: dict, data: dict, src: str = "ravdess", tgt: str = "em
 SOURCE_CAP = 1000
 
 
-def confident_picks(proba: np.ndarray, share: float = 0.5) -> np.ndarray:
-    """Per predicted class, the ``share`` of its rows with the highest probability."""
-    pred, picks = proba.argmax(axis=1), []
-    for c in np.unique(pred):
-        rows = np.flatnonzero(pred == c)
-        picks.append(rows[np.argsort(-proba[rows, c])][:max(1, int(share * len(rows)))])
-    return np.sort(np.concatenate(picks))
-
-
 def pseudo_task(encoder, src: tuple[str, ...], tgt: str, frames: dict, data: dict) -> dict:
     """One adaptation: the frozen recipe's pseudo-labels on ``tgt``, blocks 2-4 tuned on
     at most ``SOURCE_CAP`` source utterances plus the confident half of each predicted
     class, the recipe again on the tuned blocks; UAs, pick accuracy and seconds."""
     from emobridge.methods import EmotionData
+    from emobridge.methods.tuned_recipe import confident_picks
     from emobridge.metrics import unweighted_average_recall
 
     t0 = time.perf_counter()
     frozen = frozen_data(data)
     ua_frozen, proba = recipe(EmotionData.concat([frozen[s] for s in src]), frozen[tgt], {})
-    picks = confident_picks(proba)
+    picks = confident_picks(proba, 0.5)
     source_frames = [f for s in src for f in frames[s]]
     source_labels = np.concatenate([frozen[s].labels for s in src])
     keep = np.sort(np.random.default_rng(0).permutation(len(source_labels))[:SOURCE_CAP])
