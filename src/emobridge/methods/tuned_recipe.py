@@ -109,7 +109,8 @@ class RecommendedTuned(AdaptationMethod):
         from emobridge.models.layer_delta import apply_delta
         from emobridge.training.encoder_tuning import LayerSpanClassifier
 
-        encoder = WhisperExtractor(model=self.encoder_model, backend="torch").load()
+        encoder = getattr(self, "encoder_", None) or WhisperExtractor(
+            model=self.encoder_model, backend="torch").load()
         if not 1 <= self.first <= self.last < encoder.config.n_layers:
             raise ConfigError(f"recommended_tuned: first..last must satisfy 1 <= first <= "
                               f"last < {encoder.config.n_layers}, got {self.first}..{self.last}")
@@ -117,10 +118,9 @@ class RecommendedTuned(AdaptationMethod):
         span = LayerSpanClassifier(encoder.layers[self.first - 1: self.last],
                                    encoder.config.d_model, 1)
         if delta:
-            shifted = {f"layers.{int(k.split('.')[1]) - self.first + 1}."
-                       f"{k.split('.', 2)[2]}": v for k, v in delta.items()}
-            apply_delta(span, shifted, source=f"recommended_tuned state (layers numbered "
-                                              f"from hidden state {self.first})")
+            apply_delta(span, _renumber(delta, 1 - self.first),
+                        source=f"recommended_tuned state (layers numbered from hidden "
+                               f"state {self.first})")
         return span.eval()
 
     def _check_frames(self, data: EmotionData) -> None:
@@ -149,6 +149,7 @@ class RecommendedTuned(AdaptationMethod):
         if not len(source) or not source.is_labelled:
             raise EmobridgeError("recommended_tuned: source data must be non-empty and "
                                  "labelled")
+        self.__dict__.pop("encoder_", None)  # encoder_model may have changed since
         self.span_ = self._span()
         self._check_frames(source)
         self.classes_ = tuple(source.classes)
@@ -161,8 +162,8 @@ class RecommendedTuned(AdaptationMethod):
                               if k.startswith("layers.")},
                              {k: v for k, v in pretrained.items() if k.startswith("layers.")},
                              self.rank)
-        self.delta_ = {f"layers.{int(k.split('.')[1]) + self.first - 1}.{k.split('.', 2)[2]}":
-                       v.astype(np.float16) for k, v in delta.items()}
+        self.delta_ = {k: v.astype(np.float16)  # the encoder's own layer numbers
+                       for k, v in _renumber(delta, self.first - 1).items()}
         self.span_ = self._span(self.delta_)  # what a loaded model will run
         self.recipe_ = self._fit_recipe(source, target, target_labelled)
         self.fit_report_ = {**self.recipe_.fit_report(), "tuned_on": len(tuning),
@@ -253,6 +254,18 @@ class RecommendedTuned(AdaptationMethod):
                                  ) from None
         method.span_ = method._span(method.delta_)
         return method
+
+
+def _renumber(delta: Mapping[str, np.ndarray], offset: int) -> dict[str, np.ndarray]:
+    """``delta`` with every ``layers.<i>.`` name moved to ``layers.<i + offset>.``; a name
+    that is not a layer's raises :class:`~emobridge.errors.EmobridgeError`."""
+    out = {}
+    for key, value in delta.items():
+        head, index, rest = (key.split(".", 2) + ["", ""])[:3]
+        if head != "layers" or not index.isdigit() or not rest:
+            raise EmobridgeError(f"recommended_tuned state: {key!r} is not a layer's change")
+        out[f"layers.{int(index) + offset}.{rest}"] = value
+    return out
 
 
 def confident_picks(proba: np.ndarray, share: float) -> np.ndarray:
