@@ -107,13 +107,11 @@ class RecommendedTuned(AdaptationMethod):
         """The pretrained layers ``first..last`` (with ``delta`` added), ready to run."""
         from emobridge.features.extractors.whisper import WhisperExtractor
         from emobridge.models.layer_delta import apply_delta
-        from emobridge.training.encoder_tuning import LayerSpanClassifier
+        from emobridge.training.encoder_tuning import LayerSpanClassifier, check_states
 
         encoder = getattr(self, "encoder_", None) or WhisperExtractor(
             model=self.encoder_model, backend="torch").load()
-        if not 1 <= self.first <= self.last < encoder.config.n_layers:
-            raise ConfigError(f"recommended_tuned: first..last must satisfy 1 <= first <= "
-                              f"last < {encoder.config.n_layers}, got {self.first}..{self.last}")
+        check_states(encoder, self.first, self.last, "recommended_tuned")
         self.encoder_ = encoder
         span = LayerSpanClassifier(encoder.layers[self.first - 1: self.last],
                                    encoder.config.d_model, 1)

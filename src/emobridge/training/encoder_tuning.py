@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from emobridge.methods.data import EmotionData
     from emobridge.models.whisper_encoder import WhisperEncoder
 
-__all__ = ["LayerSpanClassifier", "span_delta", "span_vectors", "tune_on_manifest",
+__all__ = ["LayerSpanClassifier", "check_states", "span_delta", "span_vectors", "tune_on_manifest",
            "tune_whisper_layers"]
 
 
@@ -96,16 +96,19 @@ class _SpanTask(TrainingTask):
         return {"loss": loss}
 
 
-def _check_states(encoder: WhisperEncoder, first: int, last: int) -> None:
+def check_states(encoder: WhisperEncoder, first: int, last: int,
+                 who: str = "encoder tuning") -> None:
+    """Refuse hidden states ``first..last`` that ``encoder`` cannot tune (``who`` names the
+    caller in the :class:`~emobridge.errors.ConfigError`)."""
     top = encoder.config.n_layers
     if not (isinstance(first, int) and isinstance(last, int) and 1 <= first <= last < top):
-        raise ConfigError(f"encoder tuning: hidden states first..last must satisfy 1 <= first "
+        raise ConfigError(f"{who}: hidden states first..last must satisfy 1 <= first "
                           f"<= last < {top} (the top state has the final layer norm), got "
                           f"{first!r}..{last!r}")
 
 
 def _check_span(encoder: WhisperEncoder, frames: EmotionData, first: int, last: int) -> None:
-    _check_states(encoder, first, last)
+    check_states(encoder, first, last)
     if not frames.is_sequence or frames.dim != encoder.config.d_model:
         raise ConfigError(f"encoder tuning: needs frames (pooling=none) of hidden state "
                           f"{first - 1} with {encoder.config.d_model} dims, got "
@@ -189,7 +192,7 @@ def tune_on_manifest(manifest: pd.DataFrame, store: str | Path, classes: Sequenc
     frames = WhisperExtractor(model=model, backend="torch", layer=first - 1, pooling="none",
                               level=level, device=device)
     encoder = frames.load()
-    _check_states(encoder, first, last)  # before the frames are extracted
+    check_states(encoder, first, last)  # before the frames are extracted
     feature_store = FeatureStore(store)
     feature_store.extract(manifest, frames, progress=progress)
     data = EmotionData.from_manifest(manifest, feature_store.load(manifest, frames), classes)
