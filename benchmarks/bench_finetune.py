@@ -446,9 +446,9 @@ SOURCE_CAP = 1000
 
 
 def pseudo_task(encoder, src: tuple[str, ...], tgt: str, frames: dict, data: dict) -> dict:
-    """One adaptation: the frozen recipe's pseudo-labels on ``tgt``, blocks 2-4 tuned on
-    at most ``SOURCE_CAP`` source utterances plus the confident half of each predicted
-    class, the recipe again on the tuned blocks; UAs, pick accuracy and seconds."""
+    """One adaptation: the frozen recipe's pseudo-labels on the target, blocks 2-4 tuned
+    on a capped source draw plus the confident half of each predicted class, the recipe
+    again on the tuned blocks; UAs, pick accuracy and seconds."""
     from emobridge.methods import EmotionData
     from emobridge.methods.tuned_recipe import confident_picks
     from emobridge.metrics import unweighted_average_recall
