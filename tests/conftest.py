@@ -62,3 +62,19 @@ def tone_file(tmp_path: Path):
 def pytest_addoption(parser) -> None:
     parser.addoption("--fuzz-long", action="store_true", default=False,
                      help="run the fuzz tests (tests/fuzz) with 1,000 examples per surface")
+
+
+def save_tiny_whisper(folder: Path, encoder_layers: int = 3) -> Path:
+    """A tiny random transformers Whisper (16 dims, 2 heads, seed 0) saved to ``folder``."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.WhisperConfig(
+        d_model=16, encoder_layers=encoder_layers, encoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
+        num_mel_bins=80, max_source_positions=1500, max_target_positions=16, vocab_size=64,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3,
+        suppress_tokens=None, begin_suppress_tokens=None)
+    transformers.WhisperModel(config).save_pretrained(folder)
+    return folder

@@ -17,7 +17,7 @@ from emobridge.methods import EmotionData
 from emobridge.models.layer_delta import apply_delta, read_delta, weight_delta, write_delta
 from emobridge.models.whisper_encoder import WhisperEncoder
 from emobridge.training.encoder_tuning import span_delta, tune_whisper_layers
-from tests.conftest import voiced_tone
+from tests.conftest import save_tiny_whisper, voiced_tone
 
 CLASSES = ("anger", "happiness", "neutral", "sadness")
 
@@ -25,16 +25,7 @@ CLASSES = ("anger", "happiness", "neutral", "sadness")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, WhisperEncoder]:
     """A tiny random Whisper (4 layers, 16 dims) saved as a transformers folder."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.WhisperConfig(
-        d_model=16, encoder_layers=4, encoder_attention_heads=2, encoder_ffn_dim=32,
-        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32, num_mel_bins=80,
-        max_source_positions=1500, max_target_positions=16, vocab_size=64, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2, decoder_start_token_id=3, suppress_tokens=None,
-        begin_suppress_tokens=None)
-    folder = tmp_path_factory.mktemp("tiny-whisper-4")
-    transformers.WhisperModel(config).save_pretrained(folder)
+    folder = save_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper-4"), encoder_layers=4)
     return folder, WhisperEncoder.from_pretrained(folder)
 
 

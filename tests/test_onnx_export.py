@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from emobridge.cli import main
-from tests.conftest import write_tone
+from tests.conftest import save_tiny_whisper, write_tone
 from tests.inference_fixtures import CLASSES, F0
 
 pytest.importorskip("onnxruntime")
@@ -25,22 +25,12 @@ BLOCKED = ("torch", "emobridge", "sklearn", "pandas", "librosa", "scipy")
 @pytest.fixture(scope="module")
 def recipe_bundle(tmp_path_factory):
     """A recipe bundle over a 3-layer random Whisper (d = 16), and 2-s tones to label."""
-    transformers = pytest.importorskip("transformers")
-    import torch
-
     from emobridge.features.registry import build_extractor
     from emobridge.inference.bundle import save_bundle
     from emobridge.methods import EmotionData, build_method
 
     root = tmp_path_factory.mktemp("onnx")
-    torch.manual_seed(0)
-    config = transformers.WhisperConfig(
-        d_model=16, encoder_layers=3, encoder_attention_heads=2, encoder_ffn_dim=32,
-        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32, num_mel_bins=80,
-        max_source_positions=1500, max_target_positions=16, vocab_size=64, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2, decoder_start_token_id=3, suppress_tokens=None,
-        begin_suppress_tokens=None)
-    transformers.WhisperModel(config).save_pretrained(root / "whisper")
+    save_tiny_whisper(root / "whisper")
     spec = f"whisper:backend=torch,model={root / 'whisper'},layer=[1,2],pooling=mean,level=rms"
     ext = build_extractor(spec)
     paths, labels = [], []

@@ -12,6 +12,7 @@ from emobridge.methods.deep_wccn import DeepWCCNMethod, statistics_pooling
 from emobridge.metrics import unweighted_average_recall
 from emobridge.models.whisper_encoder import WhisperEncoder, WhisperTopLayers
 from emobridge.protocols import ProtocolError, balance_by_repetition
+from tests.conftest import save_tiny_whisper
 
 torch.set_num_threads(1)
 
@@ -126,16 +127,7 @@ def test_bad_parameters(params, match):
 
 @pytest.fixture(scope="module")
 def tiny_whisper(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.WhisperConfig(
-        d_model=16, encoder_layers=3, encoder_attention_heads=2, encoder_ffn_dim=32,
-        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32, num_mel_bins=80,
-        max_source_positions=1500, max_target_positions=16, vocab_size=64, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2, decoder_start_token_id=3, suppress_tokens=None,
-        begin_suppress_tokens=None)
-    folder = tmp_path_factory.mktemp("tiny-whisper")
-    transformers.WhisperModel(config).save_pretrained(folder)
+    folder = save_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"))
     return folder, WhisperEncoder.from_pretrained(folder)
 
 
