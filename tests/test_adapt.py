@@ -276,7 +276,7 @@ def test_crafted_memory_with_valid_checksums_is_refused(tmp_path, recordings, da
     """A memory rewritten with matching checksums (a crafted bundle) is still checked."""
     from safetensors.numpy import load_file, save_file
 
-    from emobridge.inference.bundle import sha256_file
+    from emobridge.fileio import sha256_file
 
     paths, _ = recordings
     folder = build_adaptable_bundle(tmp_path / "b", speaker_embeddings=False)

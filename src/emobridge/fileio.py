@@ -123,6 +123,15 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
                                        allow_nan=False) + "\n")
 
 
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks: bundle checksums, model parts,
+    weight deltas."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def write_arrays(path: str | os.PathLike[str], arrays: Mapping[str, Any],
                  metadata: Mapping[str, str] | None = None) -> None:
     """Write numpy ``arrays`` (and string ``metadata``) to a safetensors file atomically."""

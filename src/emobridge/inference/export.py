@@ -22,7 +22,6 @@ because it needs nothing more (the dynamo exporter needs onnxscript).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from emobridge.errors import EmobridgeError
-from emobridge.fileio import atomic_path, prepare_output_dir, write_json_atomic
+from emobridge.fileio import atomic_path, prepare_output_dir, sha256_file, write_json_atomic
 from emobridge.inference import onnx as runner
 
 #: The largest difference in probability to the torch path an export may show.
@@ -122,10 +121,6 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: st
                           dynamic_axes={input_name: dynamic}, opset_version=OPSET)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def export_onnx(rec: Any, out: str | Path, check_audio: list[np.ndarray] | None = None
                 ) -> dict[str, Any]:
     """Export recognizer ``rec``'s bundle to folder ``out`` (see the module docstring) and
@@ -176,7 +171,7 @@ def _manifest(rec: Any, ext: Any, layers: list[int], dims: int, folder: Path
             "source_bundle": {"path": str(rec.bundle.path),
                               "extractor": rec.bundle.extractor_spec,
                               "method": rec.bundle.meta["method"]["name"]},
-            "sha256": {name: _sha256(folder / name) for name in files}}
+            "sha256": {name: sha256_file(folder / name) for name in files}}
 
 
 def _self_check(rec: Any, folder: Path, waves: list[np.ndarray] | None) -> float:

@@ -54,6 +54,7 @@ from emobridge.features.base import Extractor
 from emobridge.features.extractors._common import as_mono_float32, check_choice, resolve_device
 from emobridge.features.pooling import LayerSelection, Pooling, pool, select_layers
 from emobridge.features.registry import register_extractor
+from emobridge.fileio import sha256_file
 from emobridge.models.layer_delta import apply_delta, read_delta
 from emobridge.models.whisper_encoder import (
     HOP_LENGTH_SAMPLES,
@@ -73,11 +74,8 @@ _CT2_COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16",
 
 def _file_digest(path: str) -> str:
     """The first 16 hex digits of a file's SHA-256."""
-    import hashlib
-
     try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+        return sha256_file(path)[:16]
     except OSError as exc:
         raise FeatureError(f"whisper: cannot read delta file {path} "
                            f"({describe_os_error(exc)})") from None
