@@ -141,10 +141,11 @@ def tune_all(sources: list[tuple[str, ...]], frames: dict, data: dict) -> None:
         print(f"tuned on {source_key(src)} in {secs:.0f} s", flush=True)
 
 
-def with_features(like, feats: np.ndarray):
-    """``like`` (EmotionData) with ``feats`` (one row per utterance) as its features."""
-    return type(like)(list(feats.astype(np.float32)), like.labels, like.speakers,
-                      like.languages, like.ids, like.classes)
+def with_features(like, feats):
+    """``like`` (EmotionData) with ``feats`` (one vector or frame matrix per utterance: a list
+    or an array's rows) as its features, float32."""
+    return type(like)([np.asarray(f, dtype=np.float32) for f in feats], like.labels,
+                      like.speakers, like.languages, like.ids, like.classes)
 
 
 def tuned_data(folder: Path, data: dict) -> dict:
@@ -441,7 +442,8 @@ def measure_ranks(frames: dict, data: dict, src: str = "ravdess", tgt: str = "em
 
 
 #: Pseudo-label tuning: at most this many source utterances (a seeded draw) join the
-#: target's picks, so that one adaptation from four corpora stays under 5 min on 2 cores.
+#: target's picks, to keep one adaptation from four corpora near 5 min on 2 cores (measured
+#: 302-374 s: RESULTS.md, "finetune-pseudo").
 SOURCE_CAP = 1000
 
 
@@ -555,7 +557,7 @@ def measure_shipped(frames: dict, data: dict) -> str:
 
     cached = json.loads((OUT / "pseudo.json").read_text())
     lines = ["| task | script's loop | `recommended_tuned` | adaptation (s) |", "|---|---|---|---|"]
-    as_frames = {n: with_frames(data[n]["rms"], frames[n]) for n in NAMES}
+    as_frames = {n: with_features(data[n]["rms"], frames[n]) for n in NAMES}
     for src, tgt in SHIPPED_TASKS:
         start = time.perf_counter()
         method = build_method("recommended_tuned").fit(
@@ -568,12 +570,6 @@ def measure_shipped(frames: dict, data: dict) -> str:
         print(lines[-1], flush=True)
     return "\n".join(["### The shipped path (`bench_finetune.py --shipped`)", "",
                       " ".join((measure_shipped.__doc__ or "").split()), "", *lines])
-
-
-def with_frames(like, frames: list[np.ndarray]):
-    """``like`` (EmotionData) with ``frames`` (one array per utterance) as its features."""
-    return type(like)([f.astype(np.float32) for f in frames], like.labels, like.speakers,
-                      like.languages, like.ids, like.classes)
 
 
 def main() -> None:
