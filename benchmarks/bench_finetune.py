@@ -2,6 +2,7 @@
 then run the shipped recipe on the tuned layers ("finetune" section).
 
     .venv/bin/python benchmarks/bench_finetune.py [--write]
+    .venv/bin/python benchmarks/bench_finetune.py --pseudo [--source-cap N] [--write]
 
 For each source of the grid (every single corpus, and the four others of each target):
 Whisper base's blocks 2, 3 and 4 (the recipe's layers) are copied and trained on the
@@ -18,6 +19,11 @@ target entropies, or by the source's speaker count), each rule's threshold chose
 leave-one-corpus-out. Settings fixed before any score: 3 epochs, batches of 8, AdamW (blocks
 2e-5, heads 1e-3, weight decay 0.01), seed 0. Features: this machine's default bfloat16
 autocast (`cpu_bf16=auto`), so the frozen rows differ slightly from the float32 "grid" table.
+
+``--pseudo`` tunes per grid task instead, on at most ``--source-cap`` source utterances plus
+the target's confident pseudo-labels (:func:`pseudo_task`); every cap measured so far (its
+cache in ``benchmarks/out/finetune``) is reported side by side, with the tuning's own heads
+as a classifier that needs no source data at prediction time.
 """
 
 from __future__ import annotations
@@ -77,8 +83,10 @@ def pooled_blocks(blocks, xs: list[np.ndarray]) -> list:
     return outs
 
 
-def finetune(encoder, frames: list[np.ndarray], labels: np.ndarray) -> tuple[object, float]:
-    """Blocks 2-4 of ``encoder`` tuned on (``frames``, ``labels``); and the seconds taken."""
+def finetune(encoder, frames: list[np.ndarray], labels: np.ndarray
+             ) -> tuple[object, object, float]:
+    """Blocks 2-4 of ``encoder`` tuned on (``frames``, ``labels``), their heads, and the
+    seconds taken."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -86,8 +94,9 @@ def finetune(encoder, frames: list[np.ndarray], labels: np.ndarray) -> tuple[obj
     torch.manual_seed(0)
     blocks = copy.deepcopy(encoder.layers[1:4]).float()
     heads = nn.ModuleList(nn.Linear(encoder.config.d_model, len(CLASSES)) for _ in blocks)
-    weight = torch.tensor(len(labels) / (len(CLASSES) * np.bincount(labels, minlength=len(
-        CLASSES))), dtype=torch.float32)
+    # a class absent from the labels (possible with picks alone) gets a finite, unused weight
+    weight = torch.tensor(len(labels) / (len(CLASSES) * np.maximum(np.bincount(
+        labels, minlength=len(CLASSES)), 1)), dtype=torch.float32)
     opt = torch.optim.AdamW([{"params": blocks.parameters(), "lr": LR_BLOCKS},
                              {"params": heads.parameters(), "lr": LR_HEADS}],
                             weight_decay=WEIGHT_DECAY)
@@ -103,7 +112,7 @@ def finetune(encoder, frames: list[np.ndarray], labels: np.ndarray) -> tuple[obj
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return blocks.eval(), time.perf_counter() - t0
+    return blocks.eval(), heads.eval(), time.perf_counter() - t0
 
 
 def tuned_features(blocks, frames: list[np.ndarray]) -> np.ndarray:
@@ -133,7 +142,7 @@ def tune_all(sources: list[tuple[str, ...]], frames: dict, data: dict) -> None:
             continue
         encoder = encoder or build_extractor(FRAMES).load()
         labels = np.concatenate([data[s]["rms"].labels for s in src])
-        blocks, secs = finetune(encoder, [f for s in src for f in frames[s]], labels)
+        blocks, _, secs = finetune(encoder, [f for s in src for f in frames[s]], labels)
         folder.mkdir(parents=True, exist_ok=True)
         for corpus in frames:
             np.save(folder / f"{corpus}.npy", tuned_features(blocks, frames[corpus]))
@@ -424,7 +433,7 @@ def measure_ranks(frames: dict, data: dict, src: str = "ravdess", tgt: str = "em
     from emobridge.features.registry import build_extractor
 
     encoder = build_extractor(FRAMES).load()
-    blocks, _ = finetune(encoder, frames[src], data[src]["rms"].labels)
+    blocks, _, _ = finetune(encoder, frames[src], data[src]["rms"].labels)
     lines = ["| rank of each matrix's change | stored change (MB, float16) | UA % |",
              "|---|---|---|"]
     for rank in (4, 16, 64, None):
@@ -442,12 +451,14 @@ def measure_ranks(frames: dict, data: dict, src: str = "ravdess", tgt: str = "em
 
 
 #: Pseudo-label tuning: at most this many source utterances (a seeded draw) join the
-#: target's picks, to keep one adaptation from four corpora near 5 min on 2 cores (measured
-#: 302-374 s: RESULTS.md, "finetune-pseudo").
+#: target's picks. 1000 was fixed before any score to keep one adaptation from four corpora
+#: near 5 min on 2 cores (measured 302-374 s: RESULTS.md, "finetune-pseudo"); ``--source-cap``
+#: measures other caps beside it.
 SOURCE_CAP = 1000
 
 
-def pseudo_task(encoder, src: tuple[str, ...], tgt: str, frames: dict, data: dict) -> dict:
+def pseudo_task(encoder, src: tuple[str, ...], tgt: str, frames: dict, data: dict,
+                cap: int = SOURCE_CAP) -> dict:
     """One adaptation: the frozen recipe's pseudo-labels on the target, blocks 2-4 tuned
     on a capped source draw plus the confident half of each predicted class, the recipe
     again on the tuned blocks; UAs, pick accuracy and seconds."""
@@ -461,27 +472,46 @@ def pseudo_task(encoder, src: tuple[str, ...], tgt: str, frames: dict, data: dic
     picks = confident_picks(proba, 0.5)
     source_frames = [f for s in src for f in frames[s]]
     source_labels = np.concatenate([frozen[s].labels for s in src])
-    keep = np.sort(np.random.default_rng(0).permutation(len(source_labels))[:SOURCE_CAP])
-    blocks, secs = finetune(encoder, [source_frames[i] for i in keep]
+    keep = np.sort(np.random.default_rng(0).permutation(len(source_labels))[:cap])
+    blocks, heads, secs = finetune(encoder, [source_frames[i] for i in keep]
                             + [frames[tgt][i] for i in picks],
                             np.concatenate([source_labels[keep], proba[picks].argmax(1)]))
     feats = {n: with_features(frozen[n], tuned_features(blocks, frames[n]))
              for n in (*src, tgt)}
     ua, tuned_proba = recipe(EmotionData.concat([feats[s] for s in src]), feats[tgt], {})
-    labels = frozen[tgt].labels
+    labels, adapt_s = frozen[tgt].labels, time.perf_counter() - t0
     return {"frozen": ua_frozen, "pseudo": ua, "ensemble": 100 * unweighted_average_recall(
         labels, (proba + tuned_proba).argmax(axis=1)),
+        "heads": 100 * unweighted_average_recall(labels, head_classes(blocks, heads, frames[
+            tgt])),
         "picks_right": 100 * float(np.mean(proba[picks].argmax(1) == labels[picks])),
-        "tuned_on": int(len(keep) + len(picks)), "tune_s": secs,
-        "adapt_s": time.perf_counter() - t0}
+        "tuned_on": int(len(keep) + len(picks)), "tune_s": secs, "adapt_s": adapt_s}
 
 
-def measure_pseudo(frames: dict, data: dict, names: list[str]) -> dict:
-    """:func:`pseudo_task` on every grid task, cached per task (``OUT/pseudo.json``)."""
+def head_classes(blocks, heads, frames: list[np.ndarray]) -> np.ndarray:
+    """The tuning's own classifier (its heads' averaged logits) on ``frames``: what an
+    adaptation that keeps no source data could predict."""
+    import torch
+
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for s in range(0, len(frames), 16):
+            pooled = pooled_blocks(blocks, frames[s: s + 16])
+            out.append(sum(h(p) for h, p in zip(heads, pooled, strict=True)).argmax(1).numpy())
+    return np.concatenate(out)
+
+
+def pseudo_cache(cap: int) -> Path:
+    """Where :func:`measure_pseudo` keeps the tasks done with source cap ``cap``."""
+    return OUT / ("pseudo.json" if cap == SOURCE_CAP else f"pseudo-cap{cap}.json")
+
+
+def measure_pseudo(frames: dict, data: dict, names: list[str], cap: int = SOURCE_CAP) -> dict:
+    """:func:`pseudo_task` on every grid task, cached per task (:func:`pseudo_cache`)."""
     from bench_grid import tasks
     from emobridge.features.registry import build_extractor
 
-    cache = OUT / "pseudo.json"
+    cache = pseudo_cache(cap)
     done = json.loads(cache.read_text()) if cache.exists() else {}
     encoder = None
     for src, tgt in tasks(names):
@@ -489,31 +519,83 @@ def measure_pseudo(frames: dict, data: dict, names: list[str]) -> dict:
         if key in done:
             continue
         encoder = encoder or build_extractor(FRAMES).load()
-        done[key] = pseudo_task(encoder, src, tgt, frames, data)
+        done[key] = pseudo_task(encoder, src, tgt, frames, data, cap)
         write_text_atomic(cache, json.dumps(done))
         print(f"{key}: " + ", ".join(f"{c} {v:.1f}" for c, v in done[key].items()), flush=True)
     return done
 
 
-def pseudo_report(done: dict, names: list[str]) -> str:
-    """Per task and mean: frozen recipe, pseudo-label tuned recipe, their mean; the option
-    chosen leave-one-corpus-out; issue 24's clean-grid goals for each."""
-    from bench_grid import REFERENCES, _ci, choose_leave_one_corpus_out, task_name, tasks
+def pseudo_options(runs: dict[int, dict], names: list[str]) -> dict:
+    """Task -> option -> value: the frozen recipe, the pseudo-tuned recipe with each measured
+    source cap (``pseudo`` for :data:`SOURCE_CAP`, ``pseudo, cap N`` for the others), the
+    mean of the frozen and the :data:`SOURCE_CAP` run; and the first run's pick accuracy,
+    size of the tuning set and seconds per cap."""
+    from bench_grid import tasks
 
-    options = ("frozen", "pseudo", "ensemble")
-    grid = tasks(names)
-    per = {(s, t): done[f"{'+'.join(s)}>{t}"] for s, t in grid}
+    per = {}
+    for s, t in tasks(names):
+        key = f"{'+'.join(s)}>{t}"
+        base = runs[SOURCE_CAP][key]
+        row = {o: base[o] for o in ("frozen", "pseudo", "ensemble", "picks_right")}
+        for cap, done in runs.items():
+            # the picks come from the same deterministic frozen run whatever the cap
+            assert abs(done[key]["frozen"] - base["frozen"]) < 0.05, key
+            label = "pseudo" if cap == SOURCE_CAP else f"pseudo, cap {cap}"
+            row |= {label: done[key]["pseudo"], f"tuned_on {cap}": done[key]["tuned_on"],
+                    f"adapt_s {cap}": done[key]["adapt_s"]}
+            if "heads" in done[key]:  # measured from the source-cap runs on
+                row[f"heads, cap {cap}"] = done[key]["heads"]
+        per[s, t] = row
+    return per
+
+
+def pseudo_report(runs: dict[int, dict], names: list[str]) -> str:
+    """Per task and mean: frozen recipe, pseudo-label tuned recipe (each source cap in
+    ``runs``), the mean of the frozen and the first; the option chosen leave-one-corpus-out;
+    issue 24's clean-grid goals for each."""
+    from bench_grid import _ci, choose_leave_one_corpus_out, task_name
+
+    caps = sorted(runs, reverse=True)
+    per = pseudo_options(runs, names)
+    heads = [c for c in caps if f"heads, cap {c}" in next(iter(per.values()))]
+    options = ("frozen", "pseudo", *(f"pseudo, cap {c}" for c in caps if c != SOURCE_CAP),
+               *(f"heads, cap {c}" for c in heads), "ensemble")
     chosen, nested = choose_leave_one_corpus_out(per, options, names)
-    lines = ["| task | recipe, frozen | recipe, tuned on source + pseudo-labels | mean of the "
-             "two | pseudo-labels right (%) | utterances tuned on | tuning (s) | adaptation "
-             "(s) |", "|---" * 8 + "|"]
+    lines = ["| task | recipe, frozen | recipe, tuned on source + pseudo-labels | "
+             + "".join(f"same, at most {c} source utterances | " for c in caps[1:])
+             + "".join(f"the tuning's own heads, cap {c} | " for c in heads)
+             + "mean of frozen and tuned | pseudo-labels right (%) | utterances tuned on | "
+             "adaptation (s) |", "|---" * (len(options) + 4) + "|"]
     for (s, t), r in per.items():
         lines.append(f"| {task_name(s, t)} | " + " | ".join(
-            f"{r[c]:.1f}" for c in (*options, "picks_right")) +
-            f" | {r['tuned_on']} | {r['tune_s']:.0f} | {r['adapt_s']:.0f} |")
+            f"{r[c]:.1f}" for c in (*options, "picks_right")) + " | " + " / ".join(
+            str(r[f"tuned_on {c}"]) for c in caps) + " | " + " / ".join(
+            f"{r[f'adapt_s {c}']:.0f}" for c in caps) + " |")
     columns = {o: [r[o] for r in per.values()] for o in options} | {"nested": nested}
     lines.append("| **mean [95 % CI]** | " + " | ".join(f"**{_ci(columns[o])}**" for o in options)
-                 + " | | | | |")
+                 + " | | | |")
+    times = [f"source cap {c}: median {np.median(a):.0f} s, max {max(a):.0f} s" for c in caps
+             for a in [[r[f"adapt_s {c}"] for r in per.values()]]]
+    return "\n".join([
+        "### Tuning on the source and the pseudo-labelled target (`bench_finetune.py "
+        "--pseudo`)", "", " ".join((pseudo_task.__doc__ or "").split()),
+        f"Settings fixed before any score: those of the source tuning above, at most "
+        f"{SOURCE_CAP} source utterances (seed 0); `--source-cap N` re-runs the grid with at "
+        "most N (0: the target's picks alone). No target label is used but to score.",
+        "", f"UA %, 4 classes, transductive, k = 0; written {time.strftime('%Y-%m-%d %H:%M')} "
+        "on 2 CPU cores. Utterances tuned on and adaptation seconds per source cap, "
+        f"{' / '.join(map(str, caps))}.", "", *lines, "",
+        "Chosen leave-one-corpus-out (held-out target: option): "
+        + ", ".join(f"{h} {o}" for h, o in chosen.items()) + ".", "",
+        *pseudo_goals(per, columns, chosen), "",
+        "One adaptation (frozen recipe, tuning, tuned features, recipe again): "
+        + "; ".join(times) + "."])
+
+
+def pseudo_goals(per: dict, columns: dict, chosen: dict) -> list[str]:
+    """One line per option (and the nested choice): issue 24's clean-grid goals."""
+    from bench_grid import REFERENCES, task_name
+
     goal_lines = []
     for label, values in columns.items():
         ua = dict(zip(per, values, strict=True)) if label != "nested" else {
@@ -527,19 +609,7 @@ def pseudo_report(done: dict, names: list[str]) -> str:
             f"EMO-DB {ua[('ravdess',), 'emodb']:.1f} (goal 80); ASED -> EMOVO "
             f"{ua[('ased',), 'emovo']:.1f} (goal 45); below reference B: "
             f"{'; '.join(below) or 'none'}.")
-    adapt = [r["adapt_s"] for r in per.values()]
-    return "\n".join([
-        "### Tuning on the source and the pseudo-labelled target (`bench_finetune.py "
-        "--pseudo`)", "", " ".join((pseudo_task.__doc__ or "").split()),
-        f"Settings fixed before any score: those of the source tuning above, at most "
-        f"{SOURCE_CAP} source utterances (seed 0). No target label is used but to score.",
-        "", f"UA %, 4 classes, transductive, k = 0; written {time.strftime('%Y-%m-%d %H:%M')} "
-        "on 2 CPU cores.", "", *lines, "",
-        "Chosen leave-one-corpus-out (held-out target: option): "
-        + ", ".join(f"{h} {o}" for h, o in chosen.items()) + ".", "",
-        *goal_lines, "",
-        f"One adaptation (frozen recipe, tuning, tuned features, recipe again): median "
-        f"{np.median(adapt):.0f} s, max {max(adapt):.0f} s."])
+    return goal_lines
 
 
 #: Tasks re-run through the shipped method (``--shipped``): the first two of the grid, the
@@ -550,12 +620,13 @@ SHIPPED_TASKS = ((("ravdess",), "emodb"), (("ravdess",), "emovo"),
 
 def measure_shipped(frames: dict, data: dict) -> str:
     """``method: recommended_tuned`` (the library's path: Trainer, float16 change) on
-    ``SHIPPED_TASKS``, beside this script's own tuning loop (``OUT/pseudo.json``)."""
+    ``SHIPPED_TASKS``, beside this script's own tuning loop (:func:`pseudo_cache`)."""
     from bench_grid import task_name
     from emobridge.methods import EmotionData, build_method
     from emobridge.metrics import unweighted_average_recall
 
-    cached = json.loads((OUT / "pseudo.json").read_text())
+    cap = build_method("recommended_tuned").source_cap
+    cached = json.loads(pseudo_cache(cap).read_text())
     lines = ["| task | script's loop | `recommended_tuned` | adaptation (s) |", "|---|---|---|---|"]
     as_frames = {n: with_features(data[n]["rms"], frames[n]) for n in NAMES}
     for src, tgt in SHIPPED_TASKS:
@@ -569,7 +640,9 @@ def measure_shipped(frames: dict, data: dict) -> str:
                      f"{time.perf_counter() - start:.0f} |")
         print(lines[-1], flush=True)
     return "\n".join(["### The shipped path (`bench_finetune.py --shipped`)", "",
-                      " ".join((measure_shipped.__doc__ or "").split()), "", *lines])
+                      " ".join((measure_shipped.__doc__ or "").split()),
+                      f"Both with the method's default source cap, {cap}; written "
+                      f"{time.strftime('%Y-%m-%d %H:%M')} on 2 CPU cores.", "", *lines])
 
 
 def main() -> None:
@@ -583,6 +656,8 @@ def main() -> None:
                     help="measure low-rank cuts of the tuned layers (RAVDESS -> EMO-DB) only")
     ap.add_argument("--pseudo", action="store_true",
                     help="tune on source + pseudo-labelled target, every grid task")
+    ap.add_argument("--source-cap", type=int, default=SOURCE_CAP, metavar="N",
+                    help="with --pseudo: tune on at most N source utterances (0: picks alone)")
     ap.add_argument("--shipped", action="store_true",
                     help="four tasks through method recommended_tuned")
     args = ap.parse_args()
@@ -595,8 +670,10 @@ def main() -> None:
     elif args.shipped:
         name, body = "finetune-shipped", measure_shipped(frames, data)
     elif args.pseudo:
-        name, body = "finetune-pseudo", pseudo_report(measure_pseudo(frames, data, list(
-            NAMES)), list(NAMES))
+        runs = {cap: measure_pseudo(frames, data, list(NAMES), cap)
+                for cap in sorted({SOURCE_CAP, args.source_cap} | {
+                    int(p.stem.removeprefix("pseudo-cap")) for p in OUT.glob("pseudo-cap*.json")})}
+        name, body = "finetune-pseudo", pseudo_report(runs, list(NAMES))
     else:
         done = measure(list(NAMES), frames, data)
         name, body = "finetune", report(done, list(NAMES), measure_labelled(data, list(NAMES)))
