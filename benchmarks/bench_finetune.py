@@ -586,7 +586,7 @@ def pseudo_report(runs: dict[int, dict], names: list[str]) -> str:
         "on 2 CPU cores. Utterances tuned on and adaptation seconds per source cap, "
         f"{' / '.join(map(str, caps))}.", "", *lines, "",
         "Chosen leave-one-corpus-out (held-out target: option): "
-        + ", ".join(f"{h} {o}" for h, o in chosen.items()) + ".", "",
+        + "; ".join(f"{h}: {o}" for h, o in chosen.items()) + ".", "",
         *pseudo_goals(per, columns, chosen), "",
         "One adaptation (frozen recipe, tuning, tuned features, recipe again): "
         + "; ".join(times) + "."])

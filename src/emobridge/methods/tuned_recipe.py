@@ -14,8 +14,9 @@ output of Whisper base's first layer, RMS-levelled audio). ``fit``:
    highest probability (half: a share fixed before any score, as for the recipe's rounds);
 3. the layers are tuned (:func:`~emobridge.training.encoder_tuning.tune_whisper_layers`) on
    at most ``source_cap`` source utterances (a seeded draw; 500, the largest cap measured
-   whose adaptation stays under 5 min on 2 CPU cores: 251 s at most on the grid against
-   374 s with 1000, the same mean UA, "finetune-pseudo"), the picks with their
+   whose adaptation stayed under 5 min on 2 CPU cores in the benchmark's loop: 251 s at
+   most on the grid against 374 s with 1000, the same mean UA, "finetune-pseudo"; this
+   method took 280-313 s from four corpora), the picks with their
    pseudo-labels and the labelled target utterances with their labels; their change is
    cut to ``rank`` and
    rounded to float16 (:mod:`emobridge.models.layer_delta`), so the saved model is the
