@@ -115,15 +115,21 @@ def finetune(encoder, frames: list[np.ndarray], labels: np.ndarray
     return blocks.eval(), heads.eval(), time.perf_counter() - t0
 
 
+def over_batches(blocks, frames: list[np.ndarray], read) -> np.ndarray:
+    """``read`` (the blocks' pooled outputs of a batch -> one row per utterance) over
+    ``frames`` in batches of 16, without gradients; the rows stacked."""
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([read(pooled_blocks(blocks, frames[s: s + 16])).numpy()
+                               for s in range(0, len(frames), 16)])
+
+
 def tuned_features(blocks, frames: list[np.ndarray]) -> np.ndarray:
     """The tuned blocks' mean-pooled outputs (blocks 2, 3, 4 side by side), float16."""
     import torch
 
-    feats: list[np.ndarray] = []
-    with torch.no_grad():
-        for s in range(0, len(frames), 16):
-            feats += list(torch.cat(pooled_blocks(blocks, frames[s: s + 16]), 1).numpy())
-    return np.stack(feats).astype(np.float16)
+    return over_batches(blocks, frames, lambda pooled: torch.cat(pooled, 1)).astype(np.float16)
 
 
 def source_key(src: tuple[str, ...]) -> str:
@@ -491,14 +497,8 @@ def pseudo_task(encoder, src: tuple[str, ...], tgt: str, frames: dict, data: dic
 def head_classes(blocks, heads, frames: list[np.ndarray]) -> np.ndarray:
     """The tuning's own classifier (its heads' averaged logits) on ``frames``: what an
     adaptation that keeps no source data could predict."""
-    import torch
-
-    out: list[np.ndarray] = []
-    with torch.no_grad():
-        for s in range(0, len(frames), 16):
-            pooled = pooled_blocks(blocks, frames[s: s + 16])
-            out.append(sum(h(p) for h, p in zip(heads, pooled, strict=True)).argmax(1).numpy())
-    return np.concatenate(out)
+    return over_batches(blocks, frames, lambda pooled: sum(
+        h(p) for h, p in zip(heads, pooled, strict=True)).argmax(1))
 
 
 def pseudo_cache(cap: int) -> Path:
