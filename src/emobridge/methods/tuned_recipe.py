@@ -167,16 +167,18 @@ class RecommendedTuned(AdaptationMethod):
         self.delta_ = {k: v.astype(np.float16)  # the encoder's own layer numbers
                        for k, v in _renumber(delta, self.first - 1).items()}
         self.span_ = self._span(self.delta_)  # what a loaded model will run
-        self.recipe_ = self._fit_recipe(source, target, target_labelled)
+        self.recipe_ = self._fit_recipe(source, None if target is None else self._vectors(
+            target), target_labelled)
         self.fit_report_ = {**self.recipe_.fit_report(), "tuned_on": len(tuning),
                             "pseudo_labelled": picked}
         return self
 
-    def _fit_recipe(self, source: EmotionData, target: EmotionData | None,
+    def _fit_recipe(self, source: EmotionData, target_vectors: EmotionData | None,
                     labelled: EmotionData | None) -> Recommended:
-        """The recipe on the current span's vectors."""
+        """The recipe on the current span's vectors (the target pool's given: the caller
+        also predicts them)."""
         return self._recipe().fit(
-            self._vectors(source), None if target is None else self._vectors(target),
+            self._vectors(source), target_vectors,
             None if labelled is None or not len(labelled) else self._vectors(labelled))
 
     def _tuning_set(self, source: EmotionData, target: EmotionData | None,
@@ -188,8 +190,8 @@ class RecommendedTuned(AdaptationMethod):
             rng.permutation(len(source))[:self.source_cap])
         parts, picked = [source.subset(keep)], 0
         if target is not None:
-            proba = self._fit_recipe(source, target, labelled).predict_proba(
-                self._vectors(target))
+            vectors = self._vectors(target)  # once: the recipe adapts to them and labels them
+            proba = self._fit_recipe(source, vectors, labelled).predict_proba(vectors)
             picks = confident_picks(proba, self.pick_share)
             picked = len(picks)
             chosen = target.subset(picks)
