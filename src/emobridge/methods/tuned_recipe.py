@@ -16,9 +16,8 @@ output of Whisper base's first layer, RMS-levelled audio). ``fit``:
    at most ``source_cap`` source utterances (a seeded draw; 500, the largest cap measured
    whose adaptation stayed under 5 min on 2 CPU cores in the benchmark's loop: 251 s at
    most on the grid against 374 s with 1000, the same mean UA, "finetune-pseudo"; this
-   method took 280-313 s from four corpora), the picks with their
-   pseudo-labels and the labelled target utterances with their labels; their change is
-   cut to ``rank`` and
+   method took 280-313 s from four corpora), the picks with their pseudo-labels and the
+   labelled target utterances with their labels; their change is cut to ``rank`` and
    rounded to float16 (:mod:`emobridge.models.layer_delta`), so the saved model is the
    fitted one;
 4. hidden states from the tuned layers, and the recipe again: the final model.
@@ -175,8 +174,8 @@ class RecommendedTuned(AdaptationMethod):
 
     def _fit_recipe(self, source: EmotionData, target_vectors: EmotionData | None,
                     labelled: EmotionData | None) -> Recommended:
-        """The recipe on the current span's vectors (the target pool's given: the caller
-        also predicts them)."""
+        """The recipe on the current span's vectors; the target pool's come computed,
+        because callers that label the pool reuse them."""
         return self._recipe().fit(
             self._vectors(source), target_vectors,
             None if labelled is None or not len(labelled) else self._vectors(labelled))
