@@ -464,10 +464,12 @@ SOURCE_CAP = 1000
 
 
 def pseudo_task(encoder, src: tuple[str, ...], tgt: str, frames: dict, data: dict,
-                cap: int = SOURCE_CAP) -> dict:
-    """One adaptation: the frozen recipe's pseudo-labels on the target, blocks 2-4 tuned
-    on a capped source draw plus the confident half of each predicted class, the recipe
-    again on the tuned blocks; UAs, pick accuracy and seconds."""
+                cap: int = SOURCE_CAP, picks_from: str = "frozen") -> dict:
+    """One adaptation: the frozen recipe's pseudo-labels on the target (``picks_from``
+    "mean": the mean of the frozen recipe's and the source-tuned recipe's probabilities,
+    the source's tuning from :func:`tune_all`), blocks 2-4 tuned on a capped source draw
+    plus the confident half of each predicted class, the recipe again on the tuned blocks;
+    UAs, pick accuracy and seconds."""
     from emobridge.methods import EmotionData
     from emobridge.methods.tuned_recipe import confident_picks
     from emobridge.metrics import unweighted_average_recall
@@ -475,6 +477,13 @@ def pseudo_task(encoder, src: tuple[str, ...], tgt: str, frames: dict, data: dic
     t0 = time.perf_counter()
     frozen = frozen_data(data)
     ua_frozen, proba = recipe(EmotionData.concat([frozen[s] for s in src]), frozen[tgt], {})
+    labels, extra = frozen[tgt].labels, {}
+    if picks_from == "mean":
+        tuned = tuned_data(OUT / source_key(src), data)
+        extra["source_tuned"], source_proba = recipe(
+            EmotionData.concat([tuned[s] for s in src]), tuned[tgt], {})
+        proba = (proba + source_proba) / 2
+        extra["picks_from_ua"] = 100 * unweighted_average_recall(labels, proba.argmax(1))
     picks = confident_picks(proba, 0.5)
     source_frames = [f for s in src for f in frames[s]]
     source_labels = np.concatenate([frozen[s].labels for s in src])
@@ -485,13 +494,13 @@ def pseudo_task(encoder, src: tuple[str, ...], tgt: str, frames: dict, data: dic
     feats = {n: with_features(frozen[n], tuned_features(blocks, frames[n]))
              for n in (*src, tgt)}
     ua, tuned_proba = recipe(EmotionData.concat([feats[s] for s in src]), feats[tgt], {})
-    labels, adapt_s = frozen[tgt].labels, time.perf_counter() - t0
+    adapt_s = time.perf_counter() - t0
     return {"frozen": ua_frozen, "pseudo": ua, "ensemble": 100 * unweighted_average_recall(
         labels, (proba + tuned_proba).argmax(axis=1)),
         "heads": 100 * unweighted_average_recall(labels, head_classes(blocks, heads, frames[
             tgt])),
         "picks_right": 100 * float(np.mean(proba[picks].argmax(1) == labels[picks])),
-        "tuned_on": int(len(keep) + len(picks)), "tune_s": secs, "adapt_s": adapt_s}
+        "tuned_on": int(len(keep) + len(picks)), "tune_s": secs, "adapt_s": adapt_s} | extra
 
 
 def head_classes(blocks, heads, frames: list[np.ndarray]) -> np.ndarray:
@@ -501,35 +510,46 @@ def head_classes(blocks, heads, frames: list[np.ndarray]) -> np.ndarray:
         h(p) for h, p in zip(heads, pooled, strict=True)).argmax(1))
 
 
-def pseudo_cache(cap: int) -> Path:
-    """Where :func:`measure_pseudo` keeps the tasks done with source cap ``cap``."""
-    return OUT / ("pseudo.json" if cap == SOURCE_CAP else f"pseudo-cap{cap}.json")
+def pseudo_cache(cap: int, picks_from: str = "frozen") -> Path:
+    """Where :func:`measure_pseudo` keeps the tasks done with source cap ``cap`` and picks
+    from ``picks_from``."""
+    stem = "pseudo" if cap == SOURCE_CAP else f"pseudo-cap{cap}"
+    return OUT / (stem + ("" if picks_from == "frozen" else f"-{picks_from}") + ".json")
 
 
-def measure_pseudo(frames: dict, data: dict, names: list[str], cap: int = SOURCE_CAP) -> dict:
-    """:func:`pseudo_task` on every grid task, cached per task (:func:`pseudo_cache`)."""
+def measure_pseudo(frames: dict, data: dict, names: list[str], cap: int = SOURCE_CAP,
+                   picks_from: str = "frozen") -> dict:
+    """:func:`pseudo_task` on every grid task, cached per task (:func:`pseudo_cache`); with
+    picks from the "mean", each source tuned first (:func:`tune_all`, cached)."""
     from bench_grid import tasks
     from emobridge.features.registry import build_extractor
 
-    cache = pseudo_cache(cap)
+    cache = pseudo_cache(cap, picks_from)
     done = json.loads(cache.read_text()) if cache.exists() else {}
     encoder = None
     for src, tgt in tasks(names):
         key = f"{'+'.join(src)}>{tgt}"
         if key in done:
             continue
+        if picks_from == "mean":
+            tune_all([src], frames, data)
         encoder = encoder or build_extractor(FRAMES).load()
-        done[key] = pseudo_task(encoder, src, tgt, frames, data, cap)
+        done[key] = pseudo_task(encoder, src, tgt, frames, data, cap, picks_from)
         write_text_atomic(cache, json.dumps(done))
         print(f"{key}: " + ", ".join(f"{c} {v:.1f}" for c, v in done[key].items()), flush=True)
     return done
 
 
-def pseudo_options(runs: dict[int, dict], names: list[str]) -> dict:
+def pseudo_options(runs: dict[int, dict], names: list[str], mean_runs: dict[int, dict]
+                   ) -> dict:
     """Task -> option -> value: the frozen recipe, the pseudo-tuned recipe with each measured
     source cap (``pseudo`` for :data:`SOURCE_CAP`, ``pseudo, cap N`` for the others), the
     mean of the frozen and the :data:`SOURCE_CAP` run; and the first run's pick accuracy,
-    size of the tuning set and seconds per cap."""
+    size of the tuning set and seconds per cap. With picks from the mean of the frozen and
+    source-tuned recipes (``mean_runs``, per cap): the source-tuned recipe, that mean, and
+    the pseudo-tuned recipe on its picks (``pseudo, mean picks, cap N``), and the gate of
+    :func:`choice` between the two picks: the mean's when the source has at least S
+    speakers, else the frozen recipe's."""
     from bench_grid import tasks
 
     per = {}
@@ -545,22 +565,67 @@ def pseudo_options(runs: dict[int, dict], names: list[str]) -> dict:
                     f"adapt_s {cap}": done[key]["adapt_s"]}
             if "heads" in done[key]:  # measured from the source-cap runs on
                 row[f"heads, cap {cap}"] = done[key]["heads"]
+        for cap, done in mean_runs.items():
+            assert abs(done[key]["frozen"] - base["frozen"]) < 0.05, key
+            row |= {"source-tuned": done[key]["source_tuned"],
+                    "frozen + source-tuned": done[key]["picks_from_ua"],
+                    f"pseudo, mean picks, cap {cap}": done[key]["pseudo"],
+                    f"ensemble, mean picks, cap {cap}": done[key]["ensemble"],
+                    f"picks_right mean {cap}": done[key]["picks_right"],
+                    f"adapt_s mean {cap}": done[key]["adapt_s"]}
+            for n in SPEAKER_COUNTS:  # the source-tuned layers help from many speakers
+                row[f"speakers {n}: mean picks, else frozen picks, cap {cap}"] = row[
+                    f"pseudo, mean picks, cap {cap}" if sum(SPEAKERS[c] for c in s) >= n
+                    else "pseudo" if cap == SOURCE_CAP else f"pseudo, cap {cap}"]
         per[s, t] = row
     return per
 
 
-def pseudo_report(runs: dict[int, dict], names: list[str]) -> str:
+def mean_picks_lines(per: dict, caps: list[int]) -> list[str]:
+    """The table of the runs with picks from the mean of the frozen and source-tuned
+    recipes (``--picks-from mean``), one column group per source cap in ``caps``."""
+    from bench_grid import _ci, task_name
+
+    cols = ("frozen", "source-tuned", "frozen + source-tuned",
+            *(f"{o}, mean picks, cap {c}" for c in caps for o in ("pseudo", "ensemble")))
+    lines = ["| task | recipe, frozen | recipe, source-tuned | mean of the two (the picks) | "
+             + "".join(f"tuned on source ({c}) + those picks | mean of the picks' and the "
+                       f"tuned recipe ({c}) | " for c in caps)
+             + "picks right (%) | adaptation (s) |", "|---" * (len(cols) + 3) + "|"]
+    for (s, t), r in per.items():
+        lines.append(f"| {task_name(s, t)} | " + " | ".join(f"{r[c]:.1f}" for c in cols)
+                     + " | " + " / ".join(f"{r[f'picks_right mean {c}']:.0f}" for c in caps)
+                     + " | " + " / ".join(f"{r[f'adapt_s mean {c}']:.0f}" for c in caps) + " |")
+    lines.append("| **mean [95 % CI]** | " + " | ".join(
+        f"**{_ci([r[c] for r in per.values()])}**" for c in cols) + " | | |")
+    times = [f"source cap {c}: median {np.median(a):.0f} s, max {max(a):.0f} s" for c in caps
+             for a in [[r[f"adapt_s mean {c}"] for r in per.values()]]]
+    return ["Pseudo-labels from the mean of the frozen and the source-tuned recipes' "
+            "probabilities (`--picks-from mean`; the source tuned once, as in \"finetune\", "
+            "its target features computed beforehand and not counted in the adaptation "
+            "time); the pseudo-label tuning then starts from Whisper's own blocks as above.",
+            "", *lines, "", "One adaptation (both recipes, tuning, tuned features, recipe "
+            "again): " + "; ".join(times) + "."]
+
+
+def pseudo_report(runs: dict[int, dict], names: list[str], mean_runs: dict[int, dict]
+                  ) -> str:
     """Per task and mean: frozen recipe, pseudo-label tuned recipe (each source cap in
-    ``runs``), the mean of the frozen and the first; the option chosen leave-one-corpus-out;
-    issue 24's clean-grid goals for each."""
+    ``runs``), the mean of the frozen and the first; the same with picks from the mean of
+    the frozen and source-tuned recipes (``mean_runs``); the option chosen
+    leave-one-corpus-out among all; issue 24's clean-grid goals for each."""
     from bench_grid import _ci, choose_leave_one_corpus_out, task_name
 
-    caps = sorted(runs, reverse=True)
-    per = pseudo_options(runs, names)
+    caps, mean_caps = sorted(runs, reverse=True), sorted(mean_runs, reverse=True)
+    per = pseudo_options(runs, names, mean_runs)
     heads = [c for c in caps if f"heads, cap {c}" in next(iter(per.values()))]
     options = ("frozen", "pseudo", *(f"pseudo, cap {c}" for c in caps if c != SOURCE_CAP),
                *(f"heads, cap {c}" for c in heads), "ensemble")
-    chosen, nested = choose_leave_one_corpus_out(per, options, names)
+    extra = ("source-tuned", "frozen + source-tuned", *(
+        f"{o}, mean picks, cap {c}" for c in mean_caps for o in ("pseudo", "ensemble")), *(
+        f"speakers {n}: mean picks, else frozen picks, cap {c}" for c in mean_caps
+        for n in SPEAKER_COUNTS)) if mean_caps else ()
+    chosen, nested = choose_leave_one_corpus_out(per, options + extra, names)
     lines = ["| task | recipe, frozen | recipe, tuned on source + pseudo-labels | "
              + "".join(f"same, at most {c} source utterances | " for c in caps[1:])
              + "".join(f"the tuning's own heads, cap {c} | " for c in heads)
@@ -571,7 +636,7 @@ def pseudo_report(runs: dict[int, dict], names: list[str]) -> str:
             f"{r[c]:.1f}" for c in (*options, "picks_right")) + " | " + " / ".join(
             str(r[f"tuned_on {c}"]) for c in caps) + " | " + " / ".join(
             f"{r[f'adapt_s {c}']:.0f}" for c in caps) + " |")
-    columns = {o: [r[o] for r in per.values()] for o in options} | {"nested": nested}
+    columns = {o: [r[o] for r in per.values()] for o in options + extra} | {"nested": nested}
     lines.append("| **mean [95 % CI]** | " + " | ".join(f"**{_ci(columns[o])}**" for o in options)
                  + " | | | |")
     times = [f"source cap {c}: median {np.median(a):.0f} s, max {max(a):.0f} s" for c in caps
@@ -585,11 +650,11 @@ def pseudo_report(runs: dict[int, dict], names: list[str]) -> str:
         "", f"UA %, 4 classes, transductive, k = 0; written {time.strftime('%Y-%m-%d %H:%M')} "
         "on 2 CPU cores. Utterances tuned on and adaptation seconds per source cap, "
         f"{' / '.join(map(str, caps))}.", "", *lines, "",
-        "Chosen leave-one-corpus-out (held-out target: option): "
-        + "; ".join(f"{h}: {o}" for h, o in chosen.items()) + ".", "",
-        *pseudo_goals(per, columns, chosen), "",
         "One adaptation (frozen recipe, tuning, tuned features, recipe again): "
-        + "; ".join(times) + "."])
+        + "; ".join(times) + ".", "", *(mean_picks_lines(per, mean_caps) if mean_caps else []),
+        "", "Chosen leave-one-corpus-out among all the options above (held-out target: "
+        "option): " + "; ".join(f"{h}: {o}" for h, o in chosen.items()) + ".", "",
+        *pseudo_goals(per, columns, chosen)])
 
 
 def pseudo_goals(per: dict, columns: dict, chosen: dict) -> list[str]:
@@ -645,6 +710,17 @@ def measure_shipped(frames: dict, data: dict) -> str:
                       f"{time.strftime('%Y-%m-%d %H:%M')} on 2 CPU cores.", "", *lines])
 
 
+def measured_caps(picks_from: str) -> set[int]:
+    """The source caps with a cache for picks from ``picks_from`` (:func:`pseudo_cache`); for
+    the frozen picks always :data:`SOURCE_CAP`, the first run."""
+    caps = {SOURCE_CAP} if picks_from == "frozen" else set()
+    for path in OUT.glob("pseudo*.json"):
+        cap = path.stem.split("-")[1].removeprefix("cap") if "-" in path.stem else ""
+        for c in ([int(cap)] if cap.isdigit() else [SOURCE_CAP]):
+            caps |= {c} if pseudo_cache(c, picks_from) == path else set()
+    return caps
+
+
 def main() -> None:
     import torch
 
@@ -658,6 +734,9 @@ def main() -> None:
                     help="tune on source + pseudo-labelled target, every grid task")
     ap.add_argument("--source-cap", type=int, default=SOURCE_CAP, metavar="N",
                     help="with --pseudo: tune on at most N source utterances (0: picks alone)")
+    ap.add_argument("--picks-from", choices=("frozen", "mean"), default="frozen",
+                    help="with --pseudo: pseudo-labels from the frozen recipe, or from the mean "
+                    "of the frozen and the source-tuned recipes")
     ap.add_argument("--shipped", action="store_true",
                     help="four tasks through method recommended_tuned")
     args = ap.parse_args()
@@ -670,10 +749,14 @@ def main() -> None:
     elif args.shipped:
         name, body = "finetune-shipped", measure_shipped(frames, data)
     elif args.pseudo:
-        runs = {cap: measure_pseudo(frames, data, list(NAMES), cap)
-                for cap in sorted({SOURCE_CAP, args.source_cap} | {
-                    int(p.stem.removeprefix("pseudo-cap")) for p in OUT.glob("pseudo-cap*.json")})}
-        name, body = "finetune-pseudo", pseudo_report(runs, list(NAMES))
+        runs = {}
+        for picks in ("frozen", "mean"):
+            caps = measured_caps(picks) | ({args.source_cap} if picks == args.picks_from
+                                           else set())
+            runs[picks] = {c: measure_pseudo(frames, data, list(NAMES), c, picks)
+                           for c in sorted(caps)}
+        name, body = "finetune-pseudo", pseudo_report(runs["frozen"], list(NAMES),
+                                                      runs["mean"])
     else:
         done = measure(list(NAMES), frames, data)
         name, body = "finetune", report(done, list(NAMES), measure_labelled(data, list(NAMES)))

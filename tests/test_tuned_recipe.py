@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from emobridge.errors import ConfigError, EmobridgeError
+from emobridge.errors import ConfigError, EmobridgeError, EmobridgeWarning, FeatureError
 from emobridge.inference.bundle import load_bundle, save_bundle
 from emobridge.methods import EmotionData, build_method
 from emobridge.methods.tuned_recipe import RecommendedTuned, confident_picks
 from emobridge.metrics import unweighted_average_recall
+from emobridge.models.layer_delta import write_delta
+from emobridge.training.encoder_tuning import span_delta, tune_whisper_layers
 from tests.test_encoder_tuning import CLASSES, tiny  # noqa: F401 (the fixture)
 
 torch.set_num_threads(1)
@@ -86,3 +88,53 @@ def test_confident_picks_take_the_top_share_of_each_predicted_class():
     assert confident_picks(proba, 0.5).tolist() == [0, 2]
     assert confident_picks(proba, 1.0).tolist() == list(range(6))
     assert confident_picks(proba, 0.01).tolist() == [0, 2]  # at least one per class
+
+
+def test_source_delta_takes_pseudo_labels_from_the_mean_of_both_layers(tiny, tmp_path):  # noqa: F811
+    folder, encoder = tiny
+    source, target = _domain(32, 1, 0.0, "de"), _domain(24, 2, 0.5, "it")
+    plain = _method(folder, epochs=1).fit(source, target.without_labels())
+    # a zero change: both probabilities are the pretrained layers', so is their mean
+    zero = {f"layers.{i}.fc1.bias": np.zeros(encoder.layers[i].fc1.bias.shape, np.float32)
+            for i in (1, 2)}
+    write_delta(tmp_path / "zero.safetensors", zero, {"hidden_states": "2-3"})
+    same = _method(folder, epochs=1, source_delta=str(tmp_path / "zero.safetensors"),
+                   source_delta_speakers=4).fit(source, target.without_labels())
+    np.testing.assert_array_equal(same.predict_proba(target), plain.predict_proba(target))
+    span = tune_whisper_layers(encoder, source, 2, 3, epochs=2, lr_layers=1e-2)
+    write_delta(tmp_path / "src.safetensors", span_delta(encoder, span, 2, rank=None),
+                {"hidden_states": "2-3"})
+    method = _method(folder, epochs=1, source_delta=str(tmp_path / "src.safetensors"),
+                     source_delta_speakers=4)
+    method.fit(source, target.without_labels()).span_ = method._span()  # pretrained again
+    pool = method._pool_proba(source, target, None)
+    vectors = method._vectors(target)
+    pretrained = method._fit_recipe(source, vectors, None).predict_proba(vectors)  # by hand
+    method.span_ = method._source_span()
+    vectors = method._vectors(target)
+    tuned = method._fit_recipe(source, vectors, None).predict_proba(vectors)
+    assert not np.allclose(tuned, pretrained, atol=1e-3)  # the delta changed something
+    np.testing.assert_allclose(pool, (pretrained + tuned) / 2, atol=1e-6)
+    assert method.fit_report()["picks_from"] == "pretrained and source-tuned layers"
+    few = _method(folder, epochs=1, source_delta=str(tmp_path / "src.safetensors"))
+    with pytest.warns(EmobridgeWarning, match="4 speakers, fewer than source_delta_speakers"):
+        few.fit(source, target.without_labels())  # 4 speakers < 12 by default
+    np.testing.assert_array_equal(few.predict_proba(target), plain.predict_proba(target))
+    assert "not used" in few.fit_report()["picks_from"]
+
+
+def test_source_delta_of_other_layers_or_not_a_delta_is_refused(tiny, tmp_path):  # noqa: F811
+    folder, encoder = tiny
+    source, target = _domain(16, 1, 0.0, "de"), _domain(8, 2, 0.5, "it")
+    zero = {"layers.1.fc1.bias": np.zeros(encoder.layers[1].fc1.bias.shape, np.float32)}
+    write_delta(tmp_path / "other.safetensors", zero, {"hidden_states": "2-4"})
+    with pytest.raises(ConfigError, match="other.safetensors holds hidden states 2-4, not 2-3"):
+        _method(folder, epochs=1, source_delta=str(tmp_path / "other.safetensors"),
+                source_delta_speakers=4).fit(source, target.without_labels())
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(FeatureError, match="junk.safetensors"):
+        _method(folder, epochs=1, source_delta=str(tmp_path / "junk.safetensors"),
+                source_delta_speakers=4).fit(source, target.without_labels())
+    for params in ({"source_delta": ""}, {"source_delta_speakers": 0}):
+        with pytest.raises(ConfigError, match=next(iter(params))):
+            _method(folder, **params).fit(source)

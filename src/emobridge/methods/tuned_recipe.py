@@ -12,6 +12,11 @@ output of Whisper base's first layer, RMS-levelled audio). ``fit``:
    ``recipe`` parameters) runs on them and predicts the target pool;
 2. pseudo-labels: per predicted class, the ``pick_share`` of its target rows with the
    highest probability (half: a share fixed before any score, as for the recipe's rounds);
+   with a ``source_delta`` (the same layers tuned on the labelled source beforehand,
+   ``emobridge features tune``) and a source of at least ``source_delta_speakers``
+   speakers, the probabilities are the mean of the recipe's on the pretrained layers and
+   its on the source-tuned ones (the two go wrong on different targets; tuning on few
+   speakers learns them rather than the emotions, "finetune-pseudo");
 3. the layers are tuned (:func:`~emobridge.training.encoder_tuning.tune_whisper_layers`) on
    at most ``source_cap`` source utterances (a seeded draw; 500, the largest cap measured
    whose adaptation stayed under 5 min on 2 CPU cores in the benchmark's loop: 251 s at
@@ -34,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from emobridge.errors import ConfigError, EmobridgeError
+from emobridge.errors import ConfigError, EmobridgeError, EmobridgeWarning
 from emobridge.methods.base import AdaptationMethod, register_method
 from emobridge.methods.data import EmotionData
 from emobridge.methods.recommended import Recommended
@@ -63,6 +68,13 @@ class RecommendedTuned(AdaptationMethod):
         Tuning settings (:func:`~emobridge.training.encoder_tuning.tune_whisper_layers`).
     rank:
         Rank of each tuned matrix's stored change (``None``: whole).
+    source_delta:
+        A weight-delta file of layers ``first..last`` tuned on the labelled source
+        (``emobridge features tune``); the pseudo-labels then come from the mean of the
+        recipe on the pretrained and on these layers. ``None``: the pretrained ones alone.
+    source_delta_speakers:
+        Fewest source speakers for ``source_delta`` to be used (fewer: it is ignored, and
+        the fit report says so).
     recipe:
         Parameters of the recipe run before and after tuning (``seed`` is this method's).
     device, seed, progress:
@@ -76,6 +88,7 @@ class RecommendedTuned(AdaptationMethod):
                  pick_share: float = 0.5, source_cap: int | None = 500, epochs: int = 3,
                  batch_size: int = 8, lr_layers: float = 2e-5, lr_heads: float = 1e-3,
                  weight_decay: float = 0.01, rank: int | None = None,
+                 source_delta: str | None = None, source_delta_speakers: int = 12,
                  recipe: Mapping[str, Any] | None = None, device: str = "cpu",
                  seed: int = 0, progress: bool = False) -> None:
         self._store_params(locals())
@@ -90,6 +103,13 @@ class RecommendedTuned(AdaptationMethod):
                               f"{self.source_cap!r}")
         if self.rank is not None and self.rank < 1:
             raise ConfigError(f"recommended_tuned: rank must be >= 1 or null, got {self.rank!r}")
+        if self.source_delta is not None and not (isinstance(self.source_delta, str)
+                                                  and self.source_delta):
+            raise ConfigError(f"recommended_tuned: source_delta must be the path of a weight-"
+                              f"delta file or null, got {self.source_delta!r}")
+        if self.source_delta_speakers < 1:
+            raise ConfigError(f"recommended_tuned: source_delta_speakers must be >= 1, got "
+                              f"{self.source_delta_speakers!r}")
         self._recipe().check_settings()
 
     def check_features(self, output: Literal["frames", "vector"], dim: int | None) -> None:
@@ -130,12 +150,48 @@ class RecommendedTuned(AdaptationMethod):
                               f"{self.first - 1} with {self.encoder_.config.d_model} dims "
                               f"(e.g. {TUNED_RECIPE_FEATURES!r})")
 
-    def _vectors(self, data: EmotionData) -> EmotionData:
+    def _vectors(self, data: EmotionData, span: Any = None) -> EmotionData:
+        """``data``'s frames through ``span`` (default: the current layers), pooled."""
         from emobridge.runtime import torch_device
         from emobridge.training.encoder_tuning import span_vectors
 
         self._check_frames(data)
-        return span_vectors(self.span_, data, device=str(torch_device(self.device)))
+        return span_vectors(self.span_ if span is None else span, data,
+                            device=str(torch_device(self.device)))
+
+    def _uses_source_delta(self, source: EmotionData) -> bool:
+        """Whether the picks take the source-tuned layers too (:attr:`source_delta`, and
+        a source of at least :attr:`source_delta_speakers` speakers)."""
+        return self.source_delta is not None and len(set(source.speakers)) >= int(
+            self.source_delta_speakers)
+
+    def _picks_from(self, source: EmotionData, target: EmotionData | None) -> str:
+        """What the pseudo-labels came from, for the fit report; a ``source_delta`` left
+        out for too few source speakers warns."""
+        if target is None:
+            return "no target pool"
+        if self._uses_source_delta(source):
+            return "pretrained and source-tuned layers"
+        if self.source_delta is not None:
+            import warnings
+
+            warnings.warn(f"recommended_tuned: source_delta {self.source_delta} not used: the "
+                          f"source has {len(set(source.speakers))} speakers, fewer than "
+                          f"source_delta_speakers = {self.source_delta_speakers}",
+                          EmobridgeWarning, stacklevel=3)
+            return "pretrained layers (source_delta not used: too few source speakers)"
+        return "pretrained layers"
+
+    def _source_span(self) -> Any:
+        """The layers with :attr:`source_delta` added; a file of other layers raises."""
+        from emobridge.models.layer_delta import read_delta
+
+        delta, meta = read_delta(str(self.source_delta))
+        states = meta.get("hidden_states")
+        if states is not None and states != f"{self.first}-{self.last}":
+            raise ConfigError(f"recommended_tuned: source_delta {self.source_delta} holds "
+                              f"hidden states {states}, not {self.first}-{self.last}")
+        return self._span(delta)
 
     # -- fit -------------------------------------------------------------------------------
     def fit(self, source: EmotionData, target_unlabelled: EmotionData | None = None,
@@ -169,16 +225,30 @@ class RecommendedTuned(AdaptationMethod):
         self.recipe_ = self._fit_recipe(source, None if target is None else self._vectors(
             target), target_labelled)
         self.fit_report_ = {**self.recipe_.fit_report(), "tuned_on": len(tuning),
-                            "pseudo_labelled": picked}
+                            "pseudo_labelled": picked, "picks_from": self._picks_from(
+                                source, target)}
         return self
 
     def _fit_recipe(self, source: EmotionData, target_vectors: EmotionData | None,
-                    labelled: EmotionData | None) -> Recommended:
-        """The recipe on the current span's vectors; the target pool's come computed,
-        because callers that label the pool reuse them."""
+                    labelled: EmotionData | None, span: Any = None) -> Recommended:
+        """The recipe on ``span``'s vectors (default: the current layers); the target
+        pool's come computed, because callers that label the pool reuse them."""
         return self._recipe().fit(
-            self._vectors(source), target_vectors,
-            None if labelled is None or not len(labelled) else self._vectors(labelled))
+            self._vectors(source, span), target_vectors,
+            None if labelled is None or not len(labelled) else self._vectors(labelled, span))
+
+    def _pool_proba(self, source: EmotionData, target: EmotionData,
+                    labelled: EmotionData | None) -> np.ndarray:
+        """The recipe's probabilities on the target pool, adapted to it: on the pretrained
+        layers, or the mean of those and the source-tuned layers' (``source_delta``)."""
+        spans = [self.span_] + ([self._source_span()] if self._uses_source_delta(source)
+                                else [])
+        probas = []
+        for span in spans:
+            vectors = self._vectors(target, span)  # once: the recipe adapts to them, labels them
+            probas.append(self._fit_recipe(source, vectors, labelled, span
+                                           ).predict_proba(vectors))
+        return np.mean(probas, axis=0)
 
     def _tuning_set(self, source: EmotionData, target: EmotionData | None,
                     labelled: EmotionData | None) -> tuple[EmotionData, int]:
@@ -189,8 +259,7 @@ class RecommendedTuned(AdaptationMethod):
             rng.permutation(len(source))[:self.source_cap])
         parts, picked = [source.subset(keep)], 0
         if target is not None:
-            vectors = self._vectors(target)  # once: the recipe adapts to them and labels them
-            proba = self._fit_recipe(source, vectors, labelled).predict_proba(vectors)
+            proba = self._pool_proba(source, target, labelled)
             picks = confident_picks(proba, self.pick_share)
             picked = len(picks)
             chosen = target.subset(picks)
