@@ -135,6 +135,7 @@ def test_source_delta_of_other_layers_or_not_a_delta_is_refused(tiny, tmp_path):
     with pytest.raises(FeatureError, match="junk.safetensors"):
         _method(folder, epochs=1, source_delta=str(tmp_path / "junk.safetensors"),
                 source_delta_speakers=4).fit(source, target.without_labels())
-    for params in ({"source_delta": ""}, {"source_delta_speakers": 0}):
+    for params in ({"source_delta": ""}, {"source_delta_speakers": 0},
+                   {"source_delta_speakers": "12"}):
         with pytest.raises(ConfigError, match=next(iter(params))):
             _method(folder, **params).fit(source)
