@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -710,14 +711,18 @@ def measure_shipped(frames: dict, data: dict) -> str:
                       f"{time.strftime('%Y-%m-%d %H:%M')} on 2 CPU cores.", "", *lines])
 
 
+#: A :func:`pseudo_cache` file's stem: its source cap (none: :data:`SOURCE_CAP`) and picks.
+CACHE_STEM = re.compile(r"pseudo(?:-cap(\d+))?(?:-(mean))?")
+
+
 def measured_caps(picks_from: str) -> set[int]:
     """The source caps with a cache for picks from ``picks_from`` (:func:`pseudo_cache`); for
     the frozen picks always :data:`SOURCE_CAP`, the first run."""
     caps = {SOURCE_CAP} if picks_from == "frozen" else set()
     for path in OUT.glob("pseudo*.json"):
-        cap = path.stem.split("-")[1].removeprefix("cap") if "-" in path.stem else ""
-        for c in ([int(cap)] if cap.isdigit() else [SOURCE_CAP]):
-            caps |= {c} if pseudo_cache(c, picks_from) == path else set()
+        match = CACHE_STEM.fullmatch(path.stem)
+        if match and (match[2] or "frozen") == picks_from:
+            caps.add(int(match[1]) if match[1] else SOURCE_CAP)
     return caps
 
 
